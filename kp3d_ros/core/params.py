@@ -1,0 +1,171 @@
+"""The one definition of the node's parameters: names, defaults, ranges, descriptions.
+
+The ROS node declares exactly these (with descriptors), the YAML in config/ lists exactly these, and
+the offline tools (`kp3d infer`, `kp3d bench`, `kp3d run`) read the same YAML through ``load_params``.
+Names use ROS's dotted form ("detection.voxel_size").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NODE_NAME = "kp3d_node"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any
+    description: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+    read_only: bool = False
+
+
+class ParameterError(ValueError):
+    """A parameter value is missing, of the wrong type or out of range."""
+
+
+P = ParamSpec
+PARAMETERS: tuple[ParamSpec, ...] = (
+    # Input
+    P("qos.reliability", "best_effort", "Reliability of the point cloud and image subscriptions.",
+      choices=("best_effort", "reliable"), read_only=True),
+    P("qos.depth", 1, "History depth of the subscriptions (keep last).", 1, 10, read_only=True),
+    # Region of interest, in the LiDAR frame
+    P("roi.min_range", 1.0, "Points closer than this (m) are dropped (the vehicle itself).", 0.0, 50.0),
+    P("roi.max_range", 40.0, "Points farther than this (m) are dropped.", 1.0, 300.0),
+    P("roi.z_min", -3.0, "Lowest z (m) kept, LiDAR frame.", -20.0, 20.0),
+    P("roi.z_max", 1.5, "Highest z (m) kept, LiDAR frame.", -20.0, 20.0),
+    P("input.max_points", 400000, "Clouds with more points are dropped and counted as malformed.",
+      1000, 10000000),
+    # Ground removal
+    P("ground.cell_size", 2.0, "Grid cell (m) for the local ground height estimate.", 0.2, 10.0),
+    P("ground.clearance", 0.2, "Points up to this height (m) above the local ground are ground.", 0.02, 1.0),
+    # Person candidates
+    P("detection.voxel_size", 0.2, "Grid cell (m) for connected-component clustering.", 0.05, 1.0),
+    P("detection.min_points", 20, "Fewest points of a person candidate.", 3, 100000),
+    P("detection.min_height", 0.8, "Lowest height (m) of a person candidate.", 0.1, 3.0),
+    P("detection.max_height", 2.3, "Highest height (m) of a person candidate.", 0.5, 4.0),
+    P("detection.max_width", 1.6, "Widest horizontal extent (m) of a person candidate.", 0.3, 5.0),
+    # Tracking
+    P("tracking.gate_distance", 1.2, "Largest distance (m) between a track's prediction and a detection.",
+      0.1, 10.0),
+    P("tracking.max_missed", 5, "Frames a track survives without a detection.", 0, 100),
+    P("tracking.min_hits", 2, "Detections before a track is published.", 1, 100),
+    # Network
+    P("network.backend", "auto", "Inference backend; auto picks TensorRT with a GPU, else ONNX Runtime.",
+      choices=("auto", "onnxruntime", "tensorrt", "torch"), read_only=True),
+    P("network.model_path", "", "ONNX model (or torch checkpoint for backend torch); empty: the shipped model.",
+      read_only=True),
+    P("network.max_people", 20, "Largest batch of people per frame (TensorRT profile maximum).", 1, 256,
+      read_only=True),
+    P("network.fp16", False, "TensorRT: build the engine in FP16.", read_only=True),
+    P("network.engine_cache_dir", "", "TensorRT engine cache directory; empty: ~/.cache/kp3d_ros.",
+      read_only=True),
+    P("network.build_only", False, "TensorRT: build (or load) the engine, then exit.", read_only=True),
+    P("network.threads", 2, "CPU threads for ONNX Runtime / torch.", 1, 64, read_only=True),
+    # Scene flow
+    P("flow.enabled", True, "Estimate per-track scene flow between consecutive frames."),
+    P("flow.iterations", 5, "Iterations of the real-time flow estimator.", 1, 50),
+    # Smoothing
+    P("smoothing.enabled", True, "Exponential smoothing of each track's keypoints over time."),
+    P("smoothing.alpha", 0.6, "Weight of the newest keypoints (1 = no smoothing).", 0.01, 1.0),
+    # Camera overlay
+    P("camera.enabled", False, "Subscribe to image and camera_info and publish ~/overlay.", read_only=True),
+    P("camera.extrinsics", [0.0, 0.0, 0.0, -math.pi / 2, 0.0, -math.pi / 2],
+      "LiDAR-to-camera transform: x, y, z (m), roll, pitch, yaw (rad) of the camera in the LiDAR frame."),
+    # Online adaptation
+    P("adaptation.enabled", False, "Fine-tune the network online with the unsupervised Stage II losses.",
+      read_only=True),
+    P("adaptation.learning_rate", 1e-5, "Learning rate of online adaptation.", 1e-8, 1e-2),
+    P("adaptation.buffer_size", 256, "Samples (frame pairs per track) kept for adaptation.", 8, 100000,
+      read_only=True),
+    P("adaptation.batch_size", 8, "Samples per adaptation step.", 1, 256),
+    P("adaptation.min_interval_s", 5.0, "Shortest time (s) between two weight swaps.", 0.0, 3600.0),
+    P("adaptation.checkpoint_dir", "", "Where adapted weights are saved; empty: no checkpoints.",
+      read_only=True),
+    # Diagnostics
+    P("diagnostics.period_s", 1.0, "Period (s) of /diagnostics messages.", 0.1, 60.0),
+)
+del P
+
+SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
+
+
+def defaults() -> dict[str, Any]:
+    return {spec.name: spec.default for spec in PARAMETERS}
+
+
+def validate(name: str, value: Any) -> Any:
+    """Return the value converted to the parameter's type, or raise ParameterError saying why."""
+    if name not in SPECS:
+        raise ParameterError(f"unknown parameter '{name}'")
+    spec = SPECS[name]
+    kind = type(spec.default)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ParameterError(f"{name} must be true or false, got {value!r}")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParameterError(f"{name} must be an integer, got {value!r}")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ParameterError(f"{name} must be a finite number, got {value!r}")
+        value = float(value)
+    elif kind is str:
+        if not isinstance(value, str):
+            raise ParameterError(f"{name} must be a string, got {value!r}")
+    elif kind is list:
+        if not isinstance(value, list | tuple) or len(value) != len(spec.default):
+            raise ParameterError(f"{name} must be a list of {len(spec.default)} numbers, got {value!r}")
+        value = [float(v) for v in value]
+    if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
+        raise ParameterError(f"{name} = {value} is outside [{spec.min}, {spec.max}]")
+    if spec.choices is not None and value not in spec.choices:
+        raise ParameterError(f"{name} = {value!r} is not one of {', '.join(spec.choices)}")
+    return value
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults, updated from a ROS 2 parameter YAML (``kp3d_node: ros__parameters: ...``) and overrides.
+
+    Every value is validated; unknown names and bad values raise ParameterError.
+    """
+    params = defaults()
+    given: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ParameterError(f"parameter file not found: {path}")
+        tree = yaml.safe_load(path.read_text()) or {}
+        section = tree.get(NODE_NAME, tree.get(f"/{NODE_NAME}", tree.get("/**", {})))
+        given.update(_flatten(section.get("ros__parameters", {})))
+    given.update(overrides or {})
+    given.pop("use_sim_time", None)
+    for name, value in given.items():
+        params[name] = validate(name, value)
+    if params["roi.min_range"] >= params["roi.max_range"]:
+        raise ParameterError("roi.min_range must be below roi.max_range")
+    if params["roi.z_min"] >= params["roi.z_max"]:
+        raise ParameterError("roi.z_min must be below roi.z_max")
+    if params["detection.min_height"] >= params["detection.max_height"]:
+        raise ParameterError("detection.min_height must be below detection.max_height")
+    return params
