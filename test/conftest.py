@@ -8,3 +8,8 @@ import os
 os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+# Large clouds between processes need the package's Fast DDS profile (as every kp3d entry point sets it).
+from kp3d_ros.ros.dds import use_large_message_profile  # noqa: E402
+
+use_large_message_profile()

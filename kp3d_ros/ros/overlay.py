@@ -1,0 +1,100 @@
+"""Camera overlay: skeletons (LiDAR frame) projected into the camera image with its CameraInfo K."""
+
+from __future__ import annotations
+
+import array
+from collections.abc import Sequence
+
+import numpy as np
+from sensor_msgs.msg import CameraInfo, Image
+
+from kp3d_ros import skeleton
+
+SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "mono8")
+MIN_DEPTH = 0.1  # m; points closer to (or behind) the camera are not drawn
+LINE_RADIUS = 1  # pixels either side of a line
+JOINT_RADIUS = 3  # pixels
+
+
+class OverlayError(ValueError):
+    """The image or camera info cannot be used (unsupported encoding, wrong sizes, no intrinsics)."""
+
+
+def camera_rotation(roll: float, pitch: float, yaw: float) -> np.ndarray:
+    """Rotation taking camera (optical) axes to LiDAR axes: Rz(yaw) @ Ry(pitch) @ Rx(roll)."""
+    cr, sr, cp, sp, cy, sy = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw)
+    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
+    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
+    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def project(points: np.ndarray, k: np.ndarray, extrinsics: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (N, 2) of LiDAR-frame points and a mask of those in front of the camera."""
+    rotation = camera_rotation(*extrinsics[3:6])
+    in_camera = (np.asarray(points, dtype=np.float64) - np.asarray(extrinsics[:3])) @ rotation
+    depth = in_camera[:, 2]
+    front = depth > MIN_DEPTH
+    pixels = (in_camera @ k.T)[:, :2] / np.where(front, depth, 1.0)[:, None]
+    return pixels, front
+
+
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB copy of an rgb8, bgr8 or mono8 image; OverlayError otherwise."""
+    if msg.encoding not in SUPPORTED_ENCODINGS:
+        raise OverlayError(f"unsupported image encoding '{msg.encoding}' (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+    channels = 1 if msg.encoding == "mono8" else 3
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if step < width * channels or len(msg.data) < step * height:
+        raise OverlayError(f"image data ({len(msg.data)} bytes, step {step}) too small for {width}x{height} "
+                           f"{msg.encoding}")
+    rows = np.frombuffer(msg.data, dtype=np.uint8)[: step * height].reshape(height, step)
+    pixels = rows[:, : width * channels].reshape(height, width, channels)
+    if channels == 1:
+        return np.repeat(pixels, 3, axis=2)
+    return pixels[:, :, ::-1].copy() if msg.encoding == "bgr8" else pixels.copy()
+
+
+def _paint(rgb: np.ndarray, uv: np.ndarray, colour: np.ndarray, radius: int) -> None:
+    height, width = rgb.shape[:2]
+    offsets = np.arange(-radius, radius + 1)
+    du, dv = np.meshgrid(offsets, offsets)
+    cols = (np.round(uv[:, 0])[:, None] + du.reshape(1, -1)).astype(np.int64).reshape(-1)
+    rows = (np.round(uv[:, 1])[:, None] + dv.reshape(1, -1)).astype(np.int64).reshape(-1)
+    inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+    rgb[rows[inside], cols[inside]] = colour
+
+
+def draw_skeleton(rgb: np.ndarray, joints: np.ndarray, k: np.ndarray, extrinsics: Sequence[float]) -> None:
+    """Draw one skeleton's edges and joints into rgb (in place), skipping parts behind the camera."""
+    segments, colours = skeleton.draw_segments(np.asarray(joints, dtype=np.float64))
+    pixels, front = project(segments.reshape(-1, 3), k, extrinsics)
+    pixels, front = pixels.reshape(-1, 2, 2), front.reshape(-1, 2).all(axis=1)
+    colours_u8 = (np.asarray(colours) * 255).astype(np.uint8)
+    limit = 4 * max(rgb.shape[:2])
+    for (start, end), colour, visible in zip(pixels, colours_u8, front, strict=True):
+        if not visible or np.abs(np.concatenate([start, end])).max() > limit:
+            continue
+        steps = int(np.ceil(np.abs(end - start).max())) + 1
+        t = np.linspace(0.0, 1.0, steps)[:, None]
+        _paint(rgb, start + t * (end - start), colour, LINE_RADIUS)
+    joint_pixels, joint_front = project(joints, k, extrinsics)
+    for j in np.flatnonzero(joint_front):
+        colour = (np.asarray(skeleton.joint_colour(int(j))) * 255).astype(np.uint8)
+        _paint(rgb, joint_pixels[j : j + 1], colour, JOINT_RADIUS)
+
+
+def overlay_image(image: Image, info: CameraInfo, people: Sequence[tuple[int, np.ndarray]],
+                  extrinsics: Sequence[float]) -> Image:
+    """An rgb8 copy of the image (same header) with every person's skeleton drawn on it."""
+    k = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    if k[0, 0] <= 0 or k[1, 1] <= 0:
+        raise OverlayError("camera_info has no valid intrinsics K (fx, fy must be positive)")
+    rgb = image_to_rgb(image)
+    for _, joints in people:
+        if np.isfinite(joints).all():
+            draw_skeleton(rgb, joints, k, extrinsics)
+    out = Image(header=image.header, height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", is_bigendian=0,
+                step=rgb.shape[1] * 3)
+    out.data = array.array("B", rgb.tobytes())
+    return out

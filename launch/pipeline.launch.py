@@ -1,0 +1,80 @@
+"""kp3d_node with its parameter file, optionally RViz and a bag replay.
+
+    ros2 launch kp3d_ros pipeline.launch.py [params_file:=FILE] [backend:=auto|onnxruntime|tensorrt|torch]
+        [use_sim_time:=true] [rviz:=true] [bag:=BAG.mcap] [rate:=1.0] [points:=/points]
+        [image:=/camera/image_raw] [camera_info:=/camera/camera_info]
+
+Without `launch` installed, `kp3d run` does the same in one process.
+"""
+
+import os  # noqa: I001 (ruff takes the repo's launch/ folder for the first-party `launch`)
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PythonExpression
+from launch_ros.actions import Node
+
+PACKAGE = "kp3d_ros"
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = get_package_share_directory(PACKAGE)
+    params_file = LaunchConfiguration("params_file")
+    use_sim_time = LaunchConfiguration("use_sim_time")
+    bag = LaunchConfiguration("bag")
+    arguments = [
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "kp3d.yaml"),
+                              description="kp3d_node parameter YAML"),
+        DeclareLaunchArgument("backend", default_value="auto",
+                              choices=["auto", "onnxruntime", "tensorrt", "torch"],
+                              description="inference backend (overrides network.backend of params_file)"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
+                              description="use /clock (true when replaying a bag)"),
+        DeclareLaunchArgument("rviz", default_value="false", choices=["true", "false"],
+                              description="start RViz with the package's kp3d.rviz"),
+        DeclareLaunchArgument("bag", default_value="", description="ROS 2 bag to replay (empty: none)"),
+        DeclareLaunchArgument("rate", default_value="1.0", description="bag replay speed factor"),
+        DeclareLaunchArgument("points", default_value="/points", description="input PointCloud2 topic"),
+        DeclareLaunchArgument("image", default_value="/camera/image_raw", description="camera image topic"),
+        DeclareLaunchArgument("camera_info", default_value="/camera/camera_info", description="camera info topic"),
+    ]
+    node = Node(
+        package=PACKAGE,
+        executable="kp3d_node",
+        name="kp3d_node",
+        output="screen",
+        parameters=[params_file, {"use_sim_time": use_sim_time, "network.backend": LaunchConfiguration("backend")}],
+        remappings=[
+            ("points", LaunchConfiguration("points")),
+            ("image", LaunchConfiguration("image")),
+            ("camera_info", LaunchConfiguration("camera_info")),
+        ],
+    )
+    replay = Node(
+        package=PACKAGE,
+        executable="kp3d_replay",
+        name="kp3d_replay",
+        output="screen",
+        arguments=[bag, "--clock", "--rate", LaunchConfiguration("rate"), "--wait-for-subscribers", "60"],
+        condition=IfCondition(PythonExpression(["'", bag, "' != ''"])),
+    )
+    rviz = Node(
+        package="rviz2",
+        executable="rviz2",
+        name="rviz2",
+        arguments=["-d", os.path.join(share, "rviz", "kp3d.rviz")],
+        parameters=[{"use_sim_time": use_sim_time}],
+        condition=IfCondition(LaunchConfiguration("rviz")),
+    )
+    # Large clouds between processes (node, replay, RViz) need a larger Fast DDS shared-memory segment;
+    # a profile the user already set wins.
+    environment = []
+    if not os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") and not os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE"):
+        profile = os.path.join(share, "config", "fastdds_large_clouds.xml")
+        variables = ["FASTDDS_DEFAULT_PROFILES_FILE"]  # Fast DDS 3 (Kilted on)
+        if os.environ.get("ROS_DISTRO", "") in ("humble", "iron", "jazzy"):  # Fast DDS 2
+            variables.append("FASTRTPS_DEFAULT_PROFILES_FILE")
+        environment = [SetEnvironmentVariable(name, profile) for name in variables]
+    return LaunchDescription([*arguments, *environment, node, replay, rviz])

@@ -1,0 +1,112 @@
+"""The parameter definition, config/kp3d.yaml and the node's declared parameters agree; bad values fail clearly.
+
+After adding a parameter to kp3d_ros/core/params.py, rewrite the YAML with `python test/test_params.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kp3d_ros.core import params
+from kp3d_ros.core.params import NODE_NAME, ParameterError, load_params, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "config" / "kp3d.yaml"
+
+
+def _yaml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = repr(value)
+        return text.replace("e", ".0e") if "e" in text and "." not in text else text  # YAML 1.1 floats need a dot
+    if isinstance(value, str):
+        return value or '""'
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_value(float(v)) for v in value) + "]"
+    return str(value)
+
+
+def render_yaml() -> str:
+    """config/kp3d.yaml from the parameter definition: nested by first name part, one comment per parameter."""
+    lines = ["# kp3d_node parameters: every parameter with its default (kp3d_ros/core/params.py is the definition;",
+             "# test/test_params.py checks this file against it; `python test/test_params.py` rewrites it). Use with",
+             "#   kp3d_node --ros-args --params-file config/kp3d.yaml   or   kp3d run --params config/kp3d.yaml",
+             f"{NODE_NAME}:", "  ros__parameters:"]
+    groups: dict[str, list[params.ParamSpec]] = {}
+    for spec in params.PARAMETERS:
+        groups.setdefault(spec.name.split(".", 1)[0], []).append(spec)
+    for group, specs in groups.items():
+        lines.append(f"    {group}:")
+        for spec in specs:
+            limits = f" [{spec.min:g}, {spec.max:g}]" if spec.min is not None else ""
+            choices = f" ({' | '.join(spec.choices)})" if spec.choices else ""
+            lines.append(f"      # {spec.description}{limits}{choices}{' Read-only.' if spec.read_only else ''}")
+            lines.append(f"      {spec.name.split('.', 1)[1]}: {_yaml_value(spec.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_lists_every_parameter_with_its_default():
+    tree = yaml.safe_load(CONFIG.read_text())
+    flat = params._flatten(tree[NODE_NAME]["ros__parameters"])
+    assert set(flat) == set(params.defaults())
+    assert load_params(CONFIG) == params.defaults()
+    for name, value in flat.items():  # same YAML types as the defaults (float written as float, ...)
+        assert type(value) is type(params.SPECS[name].default), name
+
+
+def test_every_spec_is_consistent():
+    for spec in params.PARAMETERS:
+        assert validate(spec.name, spec.default) == spec.default
+        assert spec.description.strip(), spec.name
+        if spec.min is not None:
+            assert spec.max is not None and spec.min <= spec.default <= spec.max, spec.name
+
+
+@pytest.mark.parametrize(("name", "value", "match"), [
+    ("roi.max_range", 1000.0, "outside"),
+    ("detection.min_points", 2, "outside"),
+    ("detection.min_points", 2.5, "integer"),
+    ("flow.enabled", "yes", "true or false"),
+    ("roi.min_range", float("nan"), "finite"),
+    ("network.backend", "cuda", "one of"),
+    ("camera.extrinsics", [0.0, 1.0], "list of 6"),
+    ("no.such_parameter", 1, "unknown"),
+])
+def test_validate_rejects_bad_values(name, value, match):
+    with pytest.raises(ParameterError, match=match):
+        validate(name, value)
+
+
+def test_load_params_overrides_and_cross_checks(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(f"{NODE_NAME}:\n  ros__parameters:\n    roi:\n      max_range: 30\n    use_sim_time: true\n")
+    loaded = load_params(path, {"network.backend": "onnxruntime"})
+    assert loaded["roi.max_range"] == 30.0 and isinstance(loaded["roi.max_range"], float)
+    assert loaded["network.backend"] == "onnxruntime"
+    with pytest.raises(ParameterError, match="min_range must be below"):
+        load_params(overrides={"roi.min_range": 30.0, "roi.max_range": 20.0})
+    with pytest.raises(ParameterError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_node_declares_every_parameter_with_descriptor():
+    pytest.importorskip("rclpy")
+    from kp3d_ros.ros.node import _descriptor
+
+    for spec in params.PARAMETERS:
+        descriptor = _descriptor(spec)
+        assert descriptor.read_only == spec.read_only
+        assert descriptor.description.startswith(spec.description)
+        if spec.min is not None and isinstance(spec.default, float):
+            assert descriptor.floating_point_range[0].from_value == spec.min
+        elif spec.min is not None:
+            assert descriptor.integer_range[0].to_value == spec.max
+
+
+if __name__ == "__main__":
+    CONFIG.write_text(render_yaml())
+    print(f"wrote {CONFIG}")

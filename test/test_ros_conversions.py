@@ -1,0 +1,167 @@
+"""rclpy message conversions: PointCloud2 <-> numpy through real CDR serialization, markers, overlay."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+
+from rclpy.serialization import deserialize_message, serialize_message
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from std_msgs.msg import Header
+from visualization_msgs.msg import Marker
+
+from kp3d_ros import layouts, skeleton
+from kp3d_ros.core.cloud_layout import CloudError
+from kp3d_ros.ros.markers import skeleton_markers
+from kp3d_ros.ros.overlay import OverlayError, image_to_rgb, overlay_image, project
+from kp3d_ros.ros.pointcloud2 import array_to_cloud, cloud_to_array, cloud_to_xyz
+
+pytestmark = pytest.mark.ros
+EXTRINSICS = [0.0, 0.0, 0.0, -math.pi / 2, 0.0, -math.pi / 2]
+
+
+def _over_the_wire(msg):
+    return deserialize_message(serialize_message(msg), type(msg))
+
+
+def _raw_cloud(data: bytes, fields, point_step: int, width: int, height: int = 1, row_step: int | None = None,
+               bigendian: bool = False) -> PointCloud2:
+    msg = PointCloud2(header=Header(frame_id="lidar"), width=width, height=height, point_step=point_step,
+                      row_step=row_step if row_step is not None else width * point_step, is_bigendian=bigendian)
+    msg.fields = [PointField(name=n, offset=o, datatype=d, count=c) for n, o, d, c in fields]
+    msg.data = data
+    return msg
+
+
+def test_xyzi_roundtrip_through_cdr():
+    rng = np.random.default_rng(0)
+    points = np.zeros(1000, dtype=layouts.XYZI)
+    xyz = rng.normal(size=(1000, 3)).astype(np.float32)
+    points["x"], points["y"], points["z"] = xyz.T
+    points["intensity"] = np.arange(1000)
+    msg = _over_the_wire(array_to_cloud(points, Header(frame_id="lidar")))
+    assert msg.header.frame_id == "lidar" and msg.width == 1000 and msg.height == 1
+    assert [f.name for f in msg.fields] == ["x", "y", "z", "intensity"]
+    out, dropped = cloud_to_xyz(msg)
+    assert dropped == 0
+    np.testing.assert_array_equal(out, xyz)
+    np.testing.assert_array_equal(cloud_to_array(msg)["intensity"], points["intensity"])
+
+
+def test_keypoints_layout_roundtrip():
+    joints = np.arange(2 * 14 * 3, dtype=np.float32).reshape(2, 14, 3)
+    array = layouts.keypoints_array([(7, joints[0], np.full(14, 0.5)), (9, joints[1], np.ones(14))])
+    msg = _over_the_wire(array_to_cloud(array, Header(frame_id="lidar")))
+    back = cloud_to_array(msg)
+    assert msg.point_step == layouts.KEYPOINTS.itemsize
+    np.testing.assert_array_equal(back["track_id"], np.repeat([7, 9], 14))
+    people = layouts.people_from_keypoints(np.asarray(back).astype(layouts.KEYPOINTS), 14)
+    np.testing.assert_array_equal(people[9], joints[1])
+
+
+def test_odd_layout_padding_and_organized_rows():
+    # z first, x at 8, y at 16, a float64 in between, 28-byte points, rows padded by 12 bytes.
+    dtype = np.dtype({"names": ["z", "t", "x", "y"], "formats": ["<f4", "<f8", "<f4", "<f4"],
+                      "offsets": [0, 4, 12, 16], "itemsize": 28})
+    height, width, pad = 3, 5, 12
+    rng = np.random.default_rng(1)
+    grid = np.zeros((height, width), dtype=dtype)
+    xyz = rng.normal(size=(height, width, 3)).astype(np.float32)
+    xyz[1, 2, 0] = np.nan
+    grid["x"], grid["y"], grid["z"] = xyz[..., 0], xyz[..., 1], xyz[..., 2]
+    rows = b"".join(grid[r].tobytes() + b"\0" * pad for r in range(height))
+    fields = [("z", 0, layouts.FLOAT32, 1), ("t", 4, layouts.FLOAT64, 1), ("x", 12, layouts.FLOAT32, 1),
+              ("y", 16, layouts.FLOAT32, 1)]
+    msg = _over_the_wire(_raw_cloud(rows, fields, 28, width, height, row_step=width * 28 + pad))
+    out, dropped = cloud_to_xyz(msg)
+    expected = xyz.reshape(-1, 3)
+    expected = expected[np.isfinite(expected).all(1)]
+    assert dropped == 1
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_big_endian_cloud():
+    big = np.dtype([("x", ">f4"), ("y", ">f4"), ("z", ">f4"), ("intensity", ">f4")])
+    points = np.zeros(4, dtype=big)
+    points["x"], points["y"], points["z"] = [1, 2, 3, 4], [5, 6, 7, 8], [-1, -2, -3, np.inf]
+    fields = [(n, 4 * i, layouts.FLOAT32, 1) for i, n in enumerate("xyz")] + [("intensity", 12, layouts.FLOAT32, 1)]
+    msg = _over_the_wire(_raw_cloud(points.tobytes(), fields, 16, 4, bigendian=True))
+    out, dropped = cloud_to_xyz(msg)
+    assert dropped == 1
+    np.testing.assert_array_equal(out, [[1, 5, -1], [2, 6, -2], [3, 7, -3]])
+
+
+def test_malformed_clouds_raise_cloud_error():
+    fields = [(n, 4 * i, layouts.FLOAT32, 1) for i, n in enumerate("xy")]
+    with pytest.raises(CloudError, match="no field"):
+        cloud_to_xyz(_raw_cloud(b"\0" * 80, fields, 8, 10))
+    fields.append(("z", 8, layouts.FLOAT32, 1))
+    with pytest.raises(CloudError, match="bytes"):
+        cloud_to_xyz(_raw_cloud(b"\0" * 100, fields, 12, 10))  # truncated: needs 120
+    with pytest.raises(CloudError, match="point_step"):
+        cloud_to_xyz(_raw_cloud(b"\0" * 80, fields, 8, 10))  # z does not fit in 8-byte points
+
+
+def test_skeleton_markers_structure():
+    joints = np.random.default_rng(2).normal(size=(14, 3)).astype(np.float32)
+    header = Header(frame_id="lidar")
+    header.stamp.sec = 12
+    array = skeleton_markers(header, [(3, joints), (5, joints + 1.0), (6, np.full((14, 3), np.nan))])
+    markers = array.markers
+    assert markers[0].action == Marker.DELETEALL
+    assert len(markers) == 1 + 2 * 3  # the NaN person is not drawn
+    lines, spheres, text = markers[1:4]
+    assert lines.type == Marker.LINE_LIST and len(lines.points) == 2 * len(skeleton.DRAW_EDGES)
+    assert len(lines.colors) == len(lines.points)
+    assert spheres.type == Marker.SPHERE_LIST and len(spheres.points) == 14 and len(spheres.colors) == 14
+    assert text.type == Marker.TEXT_VIEW_FACING and text.text == "3"
+    head = joints[skeleton.JOINT_INDEX["head_center"]]
+    assert text.pose.position.z > head[2] and text.pose.position.x == pytest.approx(head[0])
+    assert all(m.header.frame_id == "lidar" and m.header.stamp.sec == 12 for m in markers[1:])
+    # left-side limb blue, right-side limb orange
+    left = skeleton.DRAW_EDGES.index(("left_shoulder", "left_elbow"))
+    right = skeleton.DRAW_EDGES.index(("right_shoulder", "right_elbow"))
+    assert lines.colors[2 * left].b > 0.9 and lines.colors[2 * right].r > 0.9
+    _over_the_wire(array)
+
+
+def _camera(width: int = 64, height: int = 48, encoding: str = "rgb8") -> tuple[Image, CameraInfo]:
+    channels = 1 if encoding == "mono8" else 3
+    image = Image(header=Header(frame_id="camera"), width=width, height=height, encoding=encoding,
+                  step=width * channels)
+    image.data = bytes(width * height * channels)
+    info = CameraInfo(width=width, height=height)
+    info.k = [50.0, 0.0, width / 2, 0.0, 50.0, height / 2, 0.0, 0.0, 1.0]
+    return image, info
+
+
+def test_projection_follows_optical_axes():
+    _, info = _camera()
+    k = np.asarray(info.k).reshape(3, 3)
+    pixels, front = project(np.array([[5.0, 0.0, 0.0], [5.0, 1.0, 0.5], [-5.0, 0.0, 0.0]]), k, EXTRINSICS)
+    assert front.tolist() == [True, True, False]
+    np.testing.assert_allclose(pixels[0], [32, 24])
+    assert pixels[1][0] < 32 and pixels[1][1] < 24  # left of and above the centre
+
+
+def test_overlay_draws_in_every_supported_encoding():
+    joints = np.zeros((14, 3), dtype=np.float32)
+    joints[:, 0] = 6.0
+    joints[:, 2] = np.linspace(-0.9, 0.8, 14)
+    for encoding in ("rgb8", "bgr8", "mono8"):
+        image, info = _camera(encoding=encoding)
+        out = _over_the_wire(overlay_image(image, info, [(1, joints)], EXTRINSICS))
+        assert out.encoding == "rgb8" and out.header.frame_id == "camera"
+        assert image_to_rgb(out).any()
+    image, info = _camera()
+    image.encoding = "yuv422"
+    with pytest.raises(OverlayError, match="encoding"):
+        overlay_image(image, info, [(1, joints)], EXTRINSICS)
+    image, info = _camera()
+    info.k = [0.0] * 9
+    with pytest.raises(OverlayError, match="intrinsics"):
+        overlay_image(image, info, [(1, joints)], EXTRINSICS)
