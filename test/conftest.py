@@ -10,6 +10,6 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 
 # Large clouds between processes need the package's Fast DDS profile (as every kp3d entry point sets it).
-from kp3d_ros.ros.dds import use_large_message_profile  # noqa: E402
+from kp3d_ros.ros.dds import use_large_message_profile
 
 use_large_message_profile()

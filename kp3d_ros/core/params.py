@@ -54,6 +54,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     P("detection.min_height", 0.8, "Lowest height (m) of a person candidate.", 0.1, 3.0),
     P("detection.max_height", 2.3, "Highest height (m) of a person candidate.", 0.5, 4.0),
     P("detection.max_width", 1.6, "Widest horizontal extent (m) of a person candidate.", 0.3, 5.0),
+    P("detection.min_width", 0.5, "Narrowest horizontal extent (m) of a person candidate (rejects poles, trunks).",
+      0.0, 3.0),
+    P("detection.max_base", 1.5, "Highest lowest point (m above the local ground) of a person candidate (legs hidden).",
+      0.0, 3.0),
+    P("detection.min_body_share", 0.9,
+      "Lowest share of a track's non-ground crop points that the network labels as a body part; tracks below "
+      "are not published (clutter the geometric filter let through). 0 publishes every track.", 0.0, 1.0),
+    P("crop.include_ground", True,
+      "Person crops take ground points too (feet and some ground, like the training crops); false: non-ground only."),
     # Tracking
     P("tracking.gate_distance", 1.2, "Largest distance (m) between a track's prediction and a detection.",
       0.1, 10.0),
@@ -74,6 +83,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # Scene flow
     P("flow.enabled", True, "Estimate per-track scene flow between consecutive frames."),
     P("flow.iterations", 5, "Iterations of the real-time flow estimator.", 1, 50),
+    P("flow.max_points", 128, "Points per track given to the flow estimator (a random subset of the person's "
+      "non-ground crop points); every crop point takes the flow of its nearest subset point.", 16, 100000),
     # Smoothing
     P("smoothing.enabled", True, "Exponential smoothing of each track's keypoints over time."),
     P("smoothing.alpha", 0.6, "Weight of the newest keypoints (1 = no smoothing).", 0.01, 1.0),

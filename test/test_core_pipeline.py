@@ -1,0 +1,133 @@
+"""The perception pipeline end to end: shapes, track ids, flow, timings; with the shipped ONNX model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kp3d_ros.bench import simple_scene_frames
+from kp3d_ros.core.cloud_layout import CloudError
+from kp3d_ros.core.params import defaults
+from kp3d_ros.core.pipeline import STAGES, PerceptionPipeline
+from kp3d_ros.skeleton import NUM_CLASSES, NUM_JOINTS
+
+
+def _model_or_skip():
+    from kp3d_ros.backends import factory
+
+    try:
+        return factory.default_model_path()
+    except FileNotFoundError as exc:
+        pytest.skip(f"no shipped ONNX model: {exc}")
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return simple_scene_frames(num_people=3, num_points=30000, num_frames=5, seed=1)
+
+
+def test_track_only_gives_stable_ids_and_previous_crops(frames):
+    pipeline = PerceptionPipeline(defaults(), backend=None)
+    history = []
+    for stamp, points in frames:
+        crops = pipeline.track(points, stamp)
+        history.append({c.track_id: c for c in crops})
+    assert history[0] == {}  # tracks need tracking.min_hits = 2 detections
+    assert sorted(history[1]) == sorted(history[-1]) == [1, 2, 3]
+    for crop in history[-1].values():
+        assert crop.points.dtype == np.float32 and crop.points.shape[1] == 3 and len(crop.points) >= 400
+        assert crop.previous_points is not None and crop.previous_points.shape[1] == 3
+        speed = np.linalg.norm(crop.velocity[:2])
+        assert 0.8 < speed < 1.6  # the cylinders walk at 1.2 m/s
+        # The crop is centred on the person: its non-ground points are within 0.35 m of the centre.
+        upper = crop.points[crop.points[:, 2] > crop.centre[2] + 0.3]
+        assert np.abs(upper[:, :2].mean(0) - crop.centre[:2]).max() < 0.15
+    assert set(pipeline.last_timings_ms) >= {"roi", "ground", "candidates", "tracking", "crops", "total"}
+    pipeline.reset()
+    stamp, points = frames[0]
+    assert pipeline.track(points, stamp) == []  # a fresh start: nothing confirmed yet
+
+
+def test_process_with_onnx_backend(frames):
+    model = _model_or_skip()
+    params = {**defaults(), "network.backend": "onnxruntime", "network.model_path": str(model),
+              "network.threads": 1, "detection.min_body_share": 0.0}  # cylinders need not look like people
+    pipeline = PerceptionPipeline.from_params(params)
+    results = [pipeline.process(points, stamp) for stamp, points in frames]
+    assert results[0].people == []
+    last = results[-1]
+    assert set(last.timings_ms) == set(STAGES)
+    assert last.timings_ms["total"] >= last.timings_ms["network"] > 0
+    assert last.num_points == len(frames[-1][1]) and last.num_dropped_nonfinite == 0
+    assert sorted(p.track_id for p in last.people) == [1, 2, 3]
+    for person in last.people:
+        assert person.joints.shape == (NUM_JOINTS, 3) and person.joints.dtype == np.float32
+        assert np.isfinite(person.joints).all()
+        assert person.confidence.shape == (NUM_JOINTS,)
+        assert ((person.confidence >= 0) & (person.confidence <= 1)).all()
+        assert person.parts.shape == (len(person.points),) and person.parts.dtype == np.uint8
+        assert person.parts.max() < NUM_CLASSES
+        if pipeline.flow_estimator is not None:
+            assert person.flow is not None and person.flow.shape == person.points.shape
+            # The cylinders move 0.12 m per frame; the flow of their upper points says so roughly.
+            upper = person.points[:, 2] > person.points[:, 2].min() + 0.8
+            motion = np.median(person.flow[upper], axis=0)[:2]
+            assert 0.05 < np.linalg.norm(motion) < 0.25
+            velocity = next(t.velocity for t in pipeline.tracker.tracks if t.track_id == person.track_id)
+            assert motion @ velocity > 0.8 * np.linalg.norm(motion) * np.linalg.norm(velocity)  # same direction
+
+
+def test_network_body_share_filter(frames):
+    model = _model_or_skip()
+    params = {**defaults(), "network.backend": "onnxruntime", "network.model_path": str(model),
+              "network.threads": 1, "flow.enabled": False}
+    runs = {}
+    for threshold in (0.0, 1.0):
+        pipeline = PerceptionPipeline.from_params({**params, "detection.min_body_share": threshold})
+        runs[threshold] = [pipeline.process(points, stamp) for stamp, points in frames][-1].people
+    assert len(runs[0.0]) == 3
+    # Same seed, same crops, same network input. The strict run keeps the people whose non-ground points
+    # (estimated ground + 0.2 m; the true ground is z = -1.9 + 0.03 x here) are all labelled body parts.
+    def all_body_above(person, height):
+        above = person.points[:, 2] > -1.9 + 0.03 * person.points[:, 0] + height
+        return bool((person.parts[above] > 0).all())
+
+    # Stage II's path: track() then confirm() with the same network test.
+    loose = PerceptionPipeline.from_params({**params, "detection.min_body_share": 0.0})
+    crops = [loose.track(points, stamp) for stamp, points in frames][-1]
+    assert all(c.person_mask is not None and c.person_mask.shape == (len(c.points),) for c in crops)
+    assert [c.track_id for c in loose.confirm(crops)] == [c.track_id for c in crops]
+
+    kept = {p.track_id for p in runs[1.0]}
+    assert kept <= {p.track_id for p in runs[0.0] if all_body_above(p, 0.3)}
+    assert {p.track_id for p in runs[0.0] if all_body_above(p, 0.1)} <= kept
+
+
+def test_process_counts_nonfinite_and_rejects_bad_shapes(frames):
+    pipeline = PerceptionPipeline(defaults(), backend=None)
+    stamp, points = frames[0]
+    noisy = points.copy()
+    noisy[:7, 1] = np.nan
+    noisy[7:9, 2] = np.inf
+    result = pipeline.process(noisy, stamp)
+    assert result.num_dropped_nonfinite == 9
+    empty = pipeline.process(np.zeros((0, 3), np.float32), stamp + 1)
+    assert empty.people == [] and empty.num_points == 0
+    with pytest.raises(CloudError, match="shape"):
+        pipeline.process(points[:, :2], stamp)
+    small = PerceptionPipeline({**defaults(), "input.max_points": 1000}, backend=None)
+    with pytest.raises(CloudError, match="max_points"):
+        small.process(points, stamp)
+
+
+def test_detects_a_raycast_person_in_the_scene_simulator():
+    scene = pytest.importorskip("kp3d_ros.synth.scene")
+    sim = scene.SceneSimulator(1, seed=3)
+    pipeline = PerceptionPipeline(defaults(), backend=None)
+    found = 0
+    for frame in sim.frames(4):
+        crops = pipeline.track(frame.points, frame.stamp_ns)
+        truth_xy = frame.people[0].joints[:, :2].mean(0)
+        if frame.people[0].num_points >= 50:
+            found += any(np.linalg.norm(c.centre[:2] - truth_xy) < 0.4 for c in crops)
+    assert found >= 3
