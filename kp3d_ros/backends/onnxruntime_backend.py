@@ -1,0 +1,104 @@
+"""ONNX Runtime backend: CUDA / TensorRT execution providers when the installed build has them, else CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kp3d_ros.backends.base import Backend, NetworkOutput
+from kp3d_ros.model.export import INPUT_NAME, OUTPUT_NAMES, read_metadata
+
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def default_providers() -> list[str]:
+    """The preferred providers this onnxruntime build offers, fastest first (CPU always last)."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    return [p for p in PREFERRED_PROVIDERS if p in available] or ["CPUExecutionProvider"]
+
+
+def check_crops(crops: np.ndarray, num_points: int, max_batch: int) -> np.ndarray:
+    """Validated (B, N, 3) float32 contiguous crops, 1 <= B <= max_batch; ValueError otherwise."""
+    crops = np.asarray(crops)
+    if crops.ndim != 3 or crops.shape[1:] != (num_points, 3):
+        raise ValueError(f"crops must have shape (B, {num_points}, 3), got {crops.shape}")
+    if not 1 <= len(crops) <= max_batch:
+        raise ValueError(f"batch of {len(crops)} crops is outside 1..{max_batch} (use infer_all to split)")
+    return np.ascontiguousarray(crops, dtype=np.float32)
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, model_path: str | Path, max_batch: int = 16, threads: int = 1,
+                 providers: list | None = None):
+        import onnxruntime as ort
+
+        self._ort = ort
+        path = Path(model_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path}")
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.model_path = path
+        self._max_batch = int(max_batch)
+        self.threads = int(threads)
+        self.providers = list(providers) if providers else default_providers()
+        self._session = self._make_session(path.read_bytes())
+        meta = self._session.get_modelmeta().custom_metadata_map
+        self.metadata = dict(meta)
+        if "num_points" in meta:
+            self._num_points = int(meta["num_points"])
+        else:  # models without our metadata: the input's fixed second dimension
+            dim = self._session.get_inputs()[0].shape[1]
+            if not isinstance(dim, int):
+                raise ValueError(f"{path}: no num_points metadata and no fixed point dimension")
+            self._num_points = dim
+
+    def _make_session(self, model_bytes: bytes):
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        return self._ort.InferenceSession(model_bytes, sess_options=options, providers=self.providers)
+
+    @property
+    def num_points(self) -> int:
+        return self._num_points
+
+    @property
+    def max_batch(self) -> int:
+        return self._max_batch
+
+    @property
+    def active_providers(self) -> list[str]:
+        return self._session.get_providers()
+
+    def infer(self, crops: np.ndarray) -> NetworkOutput:
+        crops = check_crops(crops, self._num_points, self._max_batch)
+        session = self._session  # one reference for the whole call (update_weights swaps it)
+        keypoints, logits = session.run(list(OUTPUT_NAMES), {INPUT_NAME: crops})
+        return NetworkOutput(keypoints, logits)
+
+    def update_weights(self, state_dict: dict) -> None:
+        """Rebuild the network from the model's network_config metadata, load `state_dict`, export to
+        ONNX in memory and swap in a new session (in-flight calls finish on the old one)."""
+        from kp3d_ros.model.export import export_onnx_bytes
+        from kp3d_ros.model.network import build_model
+
+        if "network_config" not in self.metadata:
+            raise ValueError(f"{self.model_path} has no network_config metadata; cannot rebuild it for new weights")
+        model = build_model(json.loads(self.metadata["network_config"]))
+        model.load_state_dict(state_dict)
+        meta = {"joint_names": json.loads(self.metadata.get("joint_names", "[]")) or None,
+                "part_names": json.loads(self.metadata.get("part_names", "[]")) or None}
+        meta = {k: v for k, v in meta.items() if v}
+        data = export_onnx_bytes(model, self._num_points, meta)
+        new_session = self._make_session(data)
+        self._session = new_session
+        self.metadata = read_metadata(data)

@@ -1,0 +1,121 @@
+"""Person crops -> the network's fixed-size, centred input, and network outputs back to the LiDAR frame.
+
+Rules (stored in the model metadata, read them from there rather than assuming):
+- resampling happens outside the graph: a crop of M >= N points gives a random subset of N points
+  without replacement; M < N gives every point once plus N - M random repeats;
+- centre = the mean of all the crop's points (LiDAR frame); the network sees ``(p - centre) / SCALE``;
+- no rotation normalisation: the heading is unknown, the network learned every yaw.
+numpy only, so the node can use it without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_NUM_POINTS = 128
+SCALE = 1.0  # metres per network unit
+CENTRE_RULE = "mean of the crop's points; input = (p - centre) / scale; no rotation normalisation"
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """Network input for B crops and what is needed to map outputs back."""
+
+    points: np.ndarray  # (B, N, 3) float32, centred and scaled
+    centres: np.ndarray  # (B, 3) float32, LiDAR frame
+    indices: np.ndarray  # (B, N) int64, index of each network point in its original crop
+    counts: np.ndarray  # (B,) int64, original number of points per crop
+
+
+def sample_indices(count: int, num_points: int, rng: np.random.Generator) -> np.ndarray:
+    """N indices into a crop of `count` points: a subset if count >= N, else all plus random repeats."""
+    if count <= 0:
+        raise ValueError("cannot resample an empty crop (0 points)")
+    if count >= num_points:
+        return rng.choice(count, size=num_points, replace=False).astype(np.int64)
+    extra = rng.integers(0, count, size=num_points - count)
+    return np.concatenate([np.arange(count), extra]).astype(np.int64)
+
+
+def centre_of(points: np.ndarray) -> np.ndarray:
+    """The crop centre used for normalisation (the mean point)."""
+    return points.mean(axis=0)
+
+
+def _checked(crop: np.ndarray, i: int) -> np.ndarray:
+    crop = np.asarray(crop)
+    if crop.ndim != 2 or crop.shape[1] < 3:
+        raise ValueError(f"crop {i}: expected shape (M, 3), got {crop.shape}")
+    crop = crop[:, :3].astype(np.float32, copy=False)
+    if len(crop) == 0:
+        raise ValueError(f"crop {i} is empty")
+    if not np.isfinite(crop).all():
+        raise ValueError(f"crop {i} has non-finite coordinates")
+    return crop
+
+
+def prepare_batch(crops: list[np.ndarray], num_points: int = DEFAULT_NUM_POINTS,
+                  rng: np.random.Generator | None = None) -> PreparedBatch:
+    """Resample and centre each crop (M_i, 3) to the network's (B, N, 3) input."""
+    rng = np.random.default_rng() if rng is None else rng
+    B = len(crops)
+    points = np.empty((B, num_points, 3), dtype=np.float32)
+    centres = np.empty((B, 3), dtype=np.float32)
+    indices = np.empty((B, num_points), dtype=np.int64)
+    counts = np.empty(B, dtype=np.int64)
+    for i, crop in enumerate(crops):
+        crop = _checked(crop, i)
+        idx = sample_indices(len(crop), num_points, rng)
+        centre = centre_of(crop)
+        points[i] = (crop[idx] - centre) / SCALE
+        centres[i] = centre
+        indices[i] = idx
+        counts[i] = len(crop)
+    return PreparedBatch(points, centres, indices, counts)
+
+
+def restore_keypoints(keypoints: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Keypoints (B, J, 3) in network units -> LiDAR frame."""
+    return (keypoints * SCALE + centres[:, None, :]).astype(np.float32)
+
+
+def _nearest(queries: np.ndarray, refs: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Index of the nearest ref (N, 3) for each query (Q, 3), by blocks of squared distances."""
+    out = np.empty(len(queries), dtype=np.int64)
+    ref_sq = (refs * refs).sum(1)
+    for s in range(0, len(queries), chunk):
+        q = queries[s : s + chunk]
+        d = ref_sq[None, :] - 2.0 * (q @ refs.T)
+        out[s : s + chunk] = d.argmin(1)
+    return out
+
+
+def point_parts(logits: np.ndarray, indices: np.ndarray, counts: np.ndarray | list[int],
+                crops: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """A part (uint8) for every ORIGINAL point of each crop.
+
+    Points that were sampled take the summed logits of their resampled copies; points left out (crops
+    with M > N) take the part of their nearest sampled point, which needs `crops` (the original
+    (M_i, 3) points); without them a ValueError says so.
+    """
+    logits = np.asarray(logits)
+    B, _N, C = logits.shape
+    out = []
+    for b in range(B):
+        count = int(counts[b])
+        summed = np.zeros((count, C), dtype=np.float32)
+        np.add.at(summed, indices[b], logits[b])
+        hit = np.zeros(count, dtype=bool)
+        hit[indices[b]] = True
+        parts = summed.argmax(1).astype(np.uint8)
+        if not hit.all():
+            if crops is None:
+                raise ValueError("point_parts needs the original crops when a crop has more than N points")
+            crop = np.asarray(crops[b])[:, :3].astype(np.float32, copy=False)
+            sampled = indices[b]
+            nearest = _nearest(crop[~hit], crop[sampled])
+            parts[~hit] = logits[b, nearest].argmax(1).astype(np.uint8)
+        out.append(parts)
+    return out
