@@ -1,0 +1,243 @@
+"""`kp3d eval --model MODEL --data DATA_SPLIT` (or `--bag BAG`): keypoint and segmentation accuracy.
+
+MODEL is a torch checkpoint (.pt, torch backend) or an ONNX file (.onnx, ONNX Runtime). On a bag the
+whole perception core runs (detection, tracking, network) and people are matched to the ground truth
+per frame (PEM). On a data set
+split each sample is one person crop: it is resampled and centred like the node does (no
+augmentation), keypoints are mapped back to the LiDAR frame and compared with the truth; every
+original point gets a part (preprocess.point_parts) for the segmentation scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kp3d_ros import metrics
+from kp3d_ros.backends.base import Backend
+from kp3d_ros.model.preprocess import point_parts, prepare_batch, restore_keypoints
+from kp3d_ros.skeleton import JOINT_NAMES, NUM_CLASSES, PART_NAMES
+
+POINT_BINS = (1, 25, 50, 100, 200, 400, np.inf)
+DISTANCE_BINS = (0, 10, 20, 30, 40, 60, np.inf)
+
+
+def open_backend(model_path: str | Path, batch: int, threads: int) -> tuple[Backend, str]:
+    from kp3d_ros.backends.factory import create_backend
+
+    name = "torch" if Path(model_path).suffix == ".pt" else "onnxruntime"
+    return create_backend(name, model_path, max_batch=batch, threads=threads)
+
+
+def predict_dataset(backend: Backend, dataset, indices, batch: int, seed: int = 0) -> dict[str, np.ndarray | list]:
+    """Predictions and truth for the chosen samples (skipping samples without points)."""
+    rng = np.random.default_rng(seed)
+    out = {"pred": [], "gt": [], "num_points": [], "distance": [], "preset": [], "conf": None}
+    conf = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    for s in range(0, len(indices), batch):
+        samples = [dataset[int(i)] for i in indices[s : s + batch]]
+        samples = [x for x in samples if len(x["points"])]
+        if not samples:
+            continue
+        crops = [x["points"] for x in samples]
+        prepared = prepare_batch(crops, backend.num_points, rng)
+        result = backend.infer(prepared.points)
+        out["pred"].append(restore_keypoints(result.keypoints, prepared.centres))
+        out["gt"].append(np.stack([x["joints"] for x in samples]))
+        parts = point_parts(result.logits, prepared.indices, prepared.counts, crops)
+        for x, p in zip(samples, parts, strict=True):
+            conf += metrics.confusion_matrix(p, x["parts"], NUM_CLASSES)
+            out["num_points"].append(int(x.get("num_person_points", len(x["points"]))))
+            out["distance"].append(float(x.get("distance", np.linalg.norm(x["points"].mean(0)[:2]))))
+            out["preset"].append(str(x.get("preset", "")))
+    out["pred"], out["gt"] = np.concatenate(out["pred"]), np.concatenate(out["gt"])
+    out["conf"] = conf
+    return out
+
+
+def summarise(pred: dict) -> dict:
+    """All the numbers of the model card from predict_dataset's output."""
+    p, g = pred["pred"], pred["gt"]
+    n_pts, dist = np.array(pred["num_points"]), np.array(pred["distance"])
+    person_err = metrics.joint_errors(p, g).mean(1) * 100
+    dense = n_pts >= 100
+    seg = metrics.segmentation_scores(pred["conf"])
+    presets = sorted(set(pred["preset"]))
+    preset_arr = np.array(pred["preset"])
+    return {
+        "overall": metrics.keypoint_summary(p, g),
+        "ge100_points": metrics.keypoint_summary(p[dense], g[dense]) if dense.any() else {},
+        "by_points": metrics.binned_errors(person_err, n_pts, POINT_BINS),
+        "by_distance": metrics.binned_errors(person_err, dist, DISTANCE_BINS),
+        "by_preset": {k: metrics.keypoint_summary(p[preset_arr == k], g[preset_arr == k]) for k in presets if k},
+        "per_joint_cm": dict(zip(JOINT_NAMES, (metrics.per_joint_errors(p, g) * 100).tolist(), strict=True)),
+        "segmentation": {"accuracy": seg["accuracy"], "miou": seg["miou"],
+                         "iou": dict(zip(PART_NAMES, [float(v) for v in seg["iou"]], strict=True))},
+    }
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) and abs(v) < 1 else (f"{v:.2f}" if isinstance(v, float) else str(v))
+
+
+def to_markdown(summary: dict) -> str:
+    lines = ["| subset | people | MPJPE cm | N-MPJPE cm | PA-MPJPE cm | PCK@5 | PCK@10 | PCK@20 |", "|---" * 8 + "|"]
+    rows = [("all", summary["overall"]), (">= 100 points", summary["ge100_points"])]
+    rows += [(f"preset {k}", v) for k, v in summary["by_preset"].items()]
+    for name, s in rows:
+        if s:
+            lines.append(f"| {name} | {s['people']} | {s['mpjpe_cm']:.2f} | {s['n_mpjpe_cm']:.2f} | "
+                         f"{s['pa_mpjpe_cm']:.2f} | {s['pck@5cm']:.3f} | {s['pck@10cm']:.3f} | {s['pck@20cm']:.3f} |")
+    for key, title in (("by_points", "person points"), ("by_distance", "distance m")):
+        lines += ["", f"| {title} | people | MPJPE cm |", "|---|---|---|"]
+        lines += [f"| [{r['lo']:g}, {r['hi']:g}) | {r['count']} | {r['mean']:.2f} |"
+                  for r in summary[key] if r["count"]]
+    lines += ["", "| joint | MPJPE cm |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in summary["per_joint_cm"].items()]
+    seg = summary["segmentation"]
+    lines += ["", f"Segmentation (all original points, 15 classes): accuracy {seg['accuracy']:.3f}, "
+              f"mIoU {seg['miou']:.3f}", "", "| part | IoU |", "|---|---|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in seg["iou"].items() if np.isfinite(v)]
+    return "\n".join(lines)
+
+
+def plot_examples(backend: Backend, dataset, indices, path: str | Path, seed: int = 0) -> None:
+    """A PNG: points coloured by predicted part, predicted (solid) and true (dashed) skeletons."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kp3d_ros.skeleton import draw_segments
+
+    samples = [dataset[int(i)] for i in indices]
+    crops = [x["points"] for x in samples]
+    prepared = prepare_batch(crops, backend.num_points, np.random.default_rng(seed))
+    result = backend.infer_all(prepared.points)
+    kps = restore_keypoints(result.keypoints, prepared.centres)
+    parts = point_parts(result.logits, prepared.indices, prepared.counts, crops)
+    fig = plt.figure(figsize=(3.2 * len(samples), 4.2))
+    cmap = plt.get_cmap("tab20")
+    for k, (x, kp, pt) in enumerate(zip(samples, kps, parts, strict=True)):
+        ax = fig.add_subplot(1, len(samples), k + 1, projection="3d")
+        pts = x["points"]
+        ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=1.5, c=cmap(pt % 20), alpha=0.5)
+        for joints, style, width in ((kp, "-", 2.4), (x["joints"], "--", 1.4)):
+            segs, cols = draw_segments(joints)
+            for seg, col in zip(segs, cols, strict=True):
+                ax.plot(*seg.T, style, color=col if style == "-" else "k", lw=width)
+        err = 100 * metrics.mpjpe(kp[None], x["joints"][None])
+        ax.set_title(f"{len(pts)} pts, {x.get('preset', '')}\nMPJPE {err:.1f} cm", fontsize=8)
+        centre = x["joints"].mean(0)
+        for setter, c in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), centre, strict=True):
+            setter(c - 1.0, c + 1.0)
+        ax.set_box_aspect((1, 1, 1))
+        ax.tick_params(labelsize=5)
+    fig.suptitle("predicted (solid; left blue, right orange) vs ground truth (black dashed); "
+                 "points coloured by predicted part", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+BAG_MATCH_DISTANCE = 1.0  # m, mean joint distance beyond which a predicted and a true person stay unmatched
+
+
+def evaluate_bag(args: argparse.Namespace) -> int:
+    """Run the perception core (kp3d_ros.core.pipeline, as `kp3d infer` does) over the bag's scans and
+    compare every frame's people with the ground truth on --gt-topic: PEM (Hungarian matching, 0.25 m
+    penalty per keypoint of a missed or false person) and MPJPE etc. over the matched people."""
+    from kp3d_ros.core.bagio import BagError, iter_scans, read_keypoints
+    from kp3d_ros.core.params import load_params
+    from kp3d_ros.core.pipeline import PerceptionPipeline
+
+    backend = "torch" if Path(args.model).suffix == ".pt" else "onnxruntime"
+    try:
+        gt = read_keypoints(args.bag, args.gt_topic)
+        params = load_params(None, {"network.model_path": str(args.model), "network.backend": backend,
+                                    "network.threads": args.threads})
+        pipeline = PerceptionPipeline.from_params(params)
+        pred_frames, gt_frames, matched_pred, matched_gt = [], [], [], []
+        for scan in iter_scans(args.bag, args.topic):
+            result = pipeline.process(scan.points, scan.stamp_ns)
+            if scan.stamp_ns not in gt:
+                continue
+            truth = [j for j in gt[scan.stamp_ns].values() if np.isfinite(j).all()]
+            truth = np.stack(truth) if truth else np.zeros((0, len(JOINT_NAMES), 3))
+            people = [p.joints for p in result.people if np.isfinite(p.joints).all()]
+            people = np.stack(people) if people else np.zeros((0, len(JOINT_NAMES), 3))
+            pred_frames.append(people)
+            gt_frames.append(truth)
+            if len(people) and len(truth):
+                from scipy.optimize import linear_sum_assignment
+
+                cost = np.linalg.norm(people[:, None] - truth[None], axis=-1).mean(-1)
+                rows, cols = linear_sum_assignment(cost)
+                keep = cost[rows, cols] <= BAG_MATCH_DISTANCE
+                matched_pred.append(people[rows[keep]])
+                matched_gt.append(truth[cols[keep]])
+    except (BagError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}")
+        return 1
+    if not gt_frames:
+        print(f"error: no scan on {args.topic} has ground truth on {args.gt_topic}")
+        return 1
+    summary = {"frames": len(gt_frames), "backend": pipeline.backend_reason,
+               "pem": metrics.pem(pred_frames, gt_frames, max_match_distance=BAG_MATCH_DISTANCE)}
+    if matched_gt:
+        summary["matched"] = metrics.keypoint_summary(np.concatenate(matched_pred), np.concatenate(matched_gt))
+    print(json.dumps(summary, indent=1, default=float))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1, default=float))
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint (.pt, torch) or ONNX model (.onnx)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="data set split directory (e.g. data/stage1/test)")
+    source.add_argument("--bag", help="ROS 2 bag with LiDAR scans and ground-truth keypoints")
+    parser.add_argument("--topic", default="/points", help="PointCloud2 LiDAR topic of the bag")
+    parser.add_argument("--gt-topic", default="/kp3d/gt/keypoints", help="ground truth (layouts.KEYPOINTS)")
+    parser.add_argument("--max-samples", type=int, default=0, help="evaluate at most this many samples (0: all)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="write the summary as JSON here")
+    parser.add_argument("--markdown", help="write the tables as markdown here")
+    parser.add_argument("--plot", help="write a PNG of predictions vs ground truth here")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.bag:
+        return evaluate_bag(args)
+    from kp3d_ros.synth.dataset import ShardedDataset
+
+    try:
+        dataset = ShardedDataset(args.data, cache_shards=1 << 20)
+        backend, reason = open_backend(args.model, args.batch, args.threads)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 1
+    count = len(dataset) if not args.max_samples else min(args.max_samples, len(dataset))
+    indices = np.arange(count)
+    start = time.time()
+    pred = predict_dataset(backend, dataset, indices, args.batch)
+    summary = summarise(pred) | {"model": str(args.model), "data": str(args.data), "backend": reason,
+                                 "samples": len(pred["gt"]), "wall_s": round(time.time() - start, 1)}
+    table = to_markdown(summary)
+    print(f"{summary['samples']} samples from {args.data} with {reason} in {summary['wall_s']} s\n")
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1, default=float))
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    if args.plot:
+        dense = [i for i in indices if pred["num_points"][i] >= 100] if len(pred["num_points"]) == count else []
+        rng = np.random.default_rng(0)
+        chosen = rng.choice(dense or list(indices), size=min(4, len(dense or indices)), replace=False)
+        plot_examples(backend, dataset, sorted(chosen), args.plot)
+    return 0

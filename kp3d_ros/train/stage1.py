@@ -1,0 +1,254 @@
+"""Stage I: supervised warm-up on synthetic people (`kp3d train stage1 --config config/stage1.yaml`).
+
+Loss: L_syn = w_kp * L_kp + w_seg * L_seg (0.5 and 1.0), L_kp the mean L2 distance between predicted
+and true joints (metres), L_seg the per-point cross-entropy. AdamW with cosine decay; each training
+sample gets the data set's augmentations (kp3d_ros.synth.augment, random yaw included) before
+resampling to N points.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.nn import functional
+
+from kp3d_ros.model.checkpoint import default_meta
+from kp3d_ros.model.network import KeypointNet, build_model, count_parameters
+from kp3d_ros.model.preprocess import SCALE, centre_of, sample_indices
+from kp3d_ros.train.loop import FitConfig, fit
+
+DEFAULTS: dict = {
+    "data": "data/stage1",
+    "out": "runs/stage1",
+    "num_points": 128,
+    "seed": 0,
+    "threads": 1,
+    "model": {"dim": 64, "depth": 3, "heads": 4, "mlp_ratio": 2},
+    "train": {"epochs": 20, "steps_per_epoch": 250, "batch_size": 32, "lr": 2.0e-3, "weight_decay": 0.05,
+              "warmup_steps": 200, "w_kp": 0.5, "w_seg": 1.0, "max_minutes": 45.0, "grad_clip": 1.0},
+    "val": {"max_samples": 1024, "batch_size": 64},
+    "augment": {},  # kp3d_ros.synth.augment.AugmentConfig fields (its defaults where missing)
+    "sensor_augment": {"thin_scan_lines": 0.0},  # probability, spacing_deg, tolerance_deg (thin_scan_lines)
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in (override or {}).items():
+        out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None) -> dict:
+    if path is None:
+        return merge(DEFAULTS, {})
+    with open(path) as f:
+        return merge(DEFAULTS, yaml.safe_load(f) or {})
+
+
+# --- samples --------------------------------------------------------------------------------------
+
+
+MIN_POINTS_AFTER_AUGMENT = 5
+
+
+def thin_scan_lines(sample: dict, rng: np.random.Generator, spacing_deg: tuple[float, float] = (0.6, 2.2),
+                    tolerance_deg: float = 0.18) -> dict:
+    """Emulate a LiDAR with fewer beams: keep only the points whose elevation angle (seen from the sensor
+    at the origin of the sample's frame) lies near a coarser, randomly offset grid of beam angles."""
+    points = sample["points"]
+    elevation = np.degrees(np.arctan2(points[:, 2], np.hypot(points[:, 0], points[:, 1])))
+    spacing = rng.uniform(*spacing_deg)
+    phase = np.mod(elevation - rng.uniform(0, spacing), spacing)
+    keep = np.minimum(phase, spacing - phase) < tolerance_deg
+    if keep.sum() < MIN_POINTS_AFTER_AUGMENT:
+        return sample
+    return sample | {"points": points[keep], "parts": sample["parts"][keep]}
+
+
+def make_augmenter(cfg: dict, sensor_cfg: dict | None = None) -> Callable[[dict, np.random.Generator], dict]:
+    """Scan-line thinning (probability sensor_cfg['thin_scan_lines'], on the raw sensor-frame sample), then
+    the data set's augmentation pipeline (kp3d_ros.synth.augment: ground, clutter, drop part, random crop,
+    downsample, random yaw, scale, noise) with the config's `augment` section as AugmentConfig."""
+    from kp3d_ros.synth.augment import AugmentConfig, augment
+
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    config = AugmentConfig(**fields)
+    sensor_cfg = dict(sensor_cfg or {})
+    thin_prob = float(sensor_cfg.pop("thin_scan_lines", 0.0))
+    thin_args = {k: tuple(v) if isinstance(v, list) else v for k, v in sensor_cfg.items()}
+
+    def apply(sample: dict, rng: np.random.Generator) -> dict:
+        out = sample
+        if thin_prob and rng.random() < thin_prob:
+            out = thin_scan_lines(out, rng, **thin_args)
+        out = augment(out, rng, config)
+        return out if len(out["points"]) >= MIN_POINTS_AFTER_AUGMENT else sample
+
+    return apply
+
+
+def to_example(sample: dict, num_points: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Network input (N, 3), target joints (J, 3), target parts (N,), all in the crop's frame."""
+    points = np.asarray(sample["points"], np.float32)
+    idx = sample_indices(len(points), num_points, rng)
+    centre = centre_of(points)
+    return ((points[idx] - centre) / SCALE, (np.asarray(sample["joints"], np.float32) - centre) / SCALE,
+            np.asarray(sample["parts"], np.int64)[idx])
+
+
+def collate(examples: list[tuple[np.ndarray, ...]]) -> tuple[torch.Tensor, ...]:
+    pts, joints, parts = zip(*examples, strict=True)
+    return (torch.from_numpy(np.stack(pts).astype(np.float32)), torch.from_numpy(np.stack(joints).astype(np.float32)),
+            torch.from_numpy(np.stack(parts)))
+
+
+def available_indices(dataset) -> np.ndarray:
+    """Indices of the samples that can be read now: a split still being generated (no DONE file)
+    offers the shards already written, so training can start early and sees more data each epoch."""
+    root = getattr(dataset, "root", None)
+    if root is None or (Path(root) / "DONE").exists():
+        return np.arange(len(dataset))
+    from kp3d_ros.synth.dataset import shard_path
+
+    size, total = dataset.shard_size, len(dataset)
+    ready = [np.arange(k * size, min(total, (k + 1) * size))
+             for k in range(-(-total // size)) if shard_path(dataset.root, k).exists()]
+    if not ready:
+        raise FileNotFoundError(f"no shard written yet in {dataset.root}")
+    return np.concatenate(ready)
+
+
+def training_batches(dataset, cfg: dict, epoch: int, augmenter=None) -> Iterator[tuple[torch.Tensor, ...]]:
+    """`steps_per_epoch` augmented batches, samples drawn without replacement (reshuffled when used up)."""
+    tcfg = cfg["train"]
+    rng = np.random.default_rng([cfg["seed"], epoch])
+    pool = available_indices(dataset)
+    order = rng.permutation(pool)
+    pos = 0
+    for _ in range(tcfg["steps_per_epoch"]):
+        examples = []
+        for _ in range(tcfg["batch_size"]):
+            if pos == len(order):
+                order, pos = rng.permutation(pool), 0
+            sample = dataset[int(order[pos])]
+            sample = augmenter(sample, rng) if augmenter else sample
+            pos += 1
+            if len(sample["points"]) == 0:
+                continue
+            examples.append(to_example(sample, cfg["num_points"], rng))
+        if examples:
+            yield collate(examples)
+
+
+def fixed_batches(dataset, num_points: int, max_samples: int, batch_size: int, seed: int = 1234) -> list:
+    """Deterministic, unaugmented batches (validation), with per-sample point counts."""
+    rng = np.random.default_rng(seed)
+    count = min(len(dataset), max_samples)
+    chosen = np.sort(rng.choice(len(dataset), size=count, replace=False)) if count < len(dataset) else range(count)
+    examples = []
+    for i in chosen:
+        sample = dataset[int(i)]
+        if len(sample["points"]) == 0:
+            continue
+        examples.append(to_example(sample, num_points, rng))
+    return [collate(examples[s : s + batch_size]) for s in range(0, len(examples), batch_size)]
+
+
+# --- loss -----------------------------------------------------------------------------------------
+
+
+def stage1_losses(model: KeypointNet, points, joints, parts, w_kp: float, w_seg: float) -> dict[str, torch.Tensor]:
+    keypoints, logits = model(points)
+    l_kp = (keypoints - joints).norm(dim=-1).mean()
+    l_seg = functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), parts.reshape(-1))
+    return {"loss": w_kp * l_kp + w_seg * l_seg, "l_kp": l_kp, "l_seg": l_seg, "keypoints": keypoints,
+            "logits": logits}
+
+
+def validation(model: KeypointNet, batches: list, w_kp: float, w_seg: float) -> dict[str, float]:
+    tot = {"val_loss": 0.0, "val_mpjpe_cm": 0.0, "val_seg_acc": 0.0}
+    n = 0
+    for points, joints, parts in batches:
+        out = stage1_losses(model, points, joints, parts, w_kp, w_seg)
+        b = len(points)
+        tot["val_loss"] += float(out["loss"]) * b
+        tot["val_mpjpe_cm"] += float(out["l_kp"]) * 100 * SCALE * b
+        tot["val_seg_acc"] += float((out["logits"].argmax(-1) == parts).float().mean()) * b
+        n += b
+    return {k: v / max(n, 1) for k, v in tot.items()}
+
+
+# --- command ---------------------------------------------------------------------------------------
+
+
+def open_split(root: Path, split: str):
+    from kp3d_ros.synth.dataset import ShardedDataset
+
+    path = root / split
+    if not path.is_dir():
+        raise FileNotFoundError(f"no {split} split at {path}")
+    if not (path / "DONE").exists():
+        print(f"warning: {path} has no DONE file; the split may be incomplete")
+    return ShardedDataset(path, cache_shards=1 << 20)  # keep every shard once read (a few hundred MB)
+
+
+def run(cfg: dict, resume: bool = False, log=print) -> dict:
+    torch.set_num_threads(int(cfg["threads"]))
+    torch.manual_seed(cfg["seed"])
+    root = Path(cfg["data"])
+    train_set, val_set = open_split(root, "train"), open_split(root, "val")
+    tcfg = cfg["train"]
+    model = build_model(cfg["model"])
+    log(f"{datetime.now():%H:%M:%S} stage1: {len(available_indices(train_set))} of {len(train_set)} train samples "
+        f"written / {len(val_set)} val, "
+        f"{count_parameters(model)} parameters, config {cfg}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    val_batches = fixed_batches(val_set, cfg["num_points"], cfg["val"]["max_samples"], cfg["val"]["batch_size"])
+    augmenter = make_augmenter(cfg["augment"], cfg.get("sensor_augment"))
+
+    def step(batch) -> dict[str, float]:
+        out = stage1_losses(model, *batch, tcfg["w_kp"], tcfg["w_seg"])
+        out["loss"].backward()
+        return {"loss": out["loss"].item(), "l_kp": out["l_kp"].item(), "l_seg": out["l_seg"].item()}
+
+    budget = 60 * tcfg["max_minutes"] if tcfg.get("max_minutes") else None
+    fit_cfg = FitConfig(epochs=tcfg["epochs"], steps_per_epoch=tcfg["steps_per_epoch"], lr=tcfg["lr"],
+                        warmup_steps=tcfg["warmup_steps"], out_dir=cfg["out"], monitor="val_mpjpe_cm",
+                        time_budget_s=budget, grad_clip=tcfg["grad_clip"], resume=resume)
+    meta = default_meta(cfg["num_points"]) | {"stage": "stage1", "train_samples": len(train_set),
+                                              "data": str(root)}
+    result = fit(model, optimizer, fit_cfg, lambda e: training_batches(train_set, cfg, e, augmenter), step,
+                 lambda: validation(model, val_batches, tcfg["w_kp"], tcfg["w_seg"]), meta, log)
+    log(f"done: {result}")
+    return {"result": result, "out": cfg["out"]}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="config/stage1.yaml", help="YAML config (defaults for missing keys)")
+    parser.add_argument("--data", help="data root with train/ and val/ splits (overrides the config)")
+    parser.add_argument("--out", help="run directory (overrides the config)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--epochs", type=int, help="override train.epochs")
+    parser.add_argument("--max-minutes", type=float, help="override train.max_minutes (wall-clock budget)")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config if args.config and Path(args.config).is_file() else None)
+    if args.config and not Path(args.config).is_file():
+        print(f"warning: config {args.config} not found, using defaults")
+    cfg = merge(cfg, {k: v for k, v in {"data": args.data, "out": args.out}.items() if v})
+    overrides = {k: v for k, v in {"epochs": args.epochs, "max_minutes": args.max_minutes}.items() if v is not None}
+    cfg["train"] = cfg["train"] | overrides
+    try:
+        run(cfg, resume=args.resume)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}")
+        return 1
+    return 0
