@@ -1,0 +1,277 @@
+"""Online adaptation: fine-tune the network in the background with the Stage II losses, swap weights safely.
+
+The perception pipeline calls ``submit(track_id, prev_points, points, flow)`` after each frame (flow:
+each current point's motion since the previous frame). submit only appends to bounded queues (the
+oldest sample is dropped and counted when full); a background thread (nice +10, one torch thread)
+takes gradient steps on batches of pairs, and at most every ``adaptation.min_interval_s`` seconds
+considers swapping the new weights into the inference backend (``backend.update_weights``: ONNX Runtime
+builds a new session, TensorRT refits), which never blocks perception.
+
+Guards: one submitted sample in HOLDOUT_EVERY is held back; before a swap the candidate weights are
+scored on the held-back pairs (Stage II loss and skeleton plausibility: bones within human ranges,
+left/right limb symmetry) against the last good weights; a regression rolls the model back to them
+and counts a rollback. Accepted weights are saved to ``adaptation.checkpoint_dir`` when it is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from kp3d_ros import losses
+from kp3d_ros.model.checkpoint import load_model, save_checkpoint
+from kp3d_ros.train.pairs import PairSample, collate_pairs
+from kp3d_ros.train.stage2 import Stage2Objective
+
+HOLDOUT_EVERY = 5  # every 5th submitted sample is held back for the guards
+HOLDOUT_SIZE = 32
+MIN_HOLDOUT = 2
+LOSS_TOLERANCE = 1.15  # candidate held-back loss may be at most 15 % above the last good one
+BONES_TOLERANCE = 0.1  # share of bones in range may drop by at most this much
+MISMATCH_TOLERANCE = 0.1  # left/right mismatch may grow by at most this much
+MIN_POINTS = 10
+
+
+def _forward_from_backward(src: np.ndarray, dst: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    """Forward flow of src: minus the backward flow of the dst point that lands nearest to it."""
+    _, idx = cKDTree(dst + backward).query(src, k=1)
+    return -backward[idx]
+
+
+class OnlineAdapter:
+    """Background Stage II fine-tuning for the node (see the module docstring)."""
+
+    def __init__(self, checkpoint_path: str | Path, backend: Any, params: dict, logger: Any = None,
+                 start: bool = True, seg_target: str = "confident", seed: int = 0) -> None:
+        self.log = logger or logging.getLogger(__name__)
+        self.backend = backend
+        self.params = params
+        self.model, self.meta = load_model(checkpoint_path)
+        self.num_points = int(getattr(backend, "num_points", self.meta["num_points"]))
+        frozen = None
+        if seg_target == "confident":
+            frozen = copy.deepcopy(self.model).eval()
+            for p in frozen.parameters():
+                p.requires_grad_(False)
+        self.objective = Stage2Objective(self.model, frozen, losses.LossWeights(), seg_target)
+        self.optimizer = self._new_optimizer()
+        self._good_state = copy.deepcopy(self.model.state_dict())
+        self._good_score: dict[str, float] | None = None
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+        self._buffer: deque = deque(maxlen=int(params["adaptation.buffer_size"]))
+        self._holdout: deque = deque(maxlen=HOLDOUT_SIZE)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._submitted = 0
+        self._stats = {"steps": 0, "swaps": 0, "rollbacks": 0, "dropped": 0, "rejected": 0, "errors": 0,
+                       "last_loss": float("nan"), "last_swap_s": 0.0, "last_error": ""}
+        self._last_swap = time.monotonic()
+        self._steps_since_swap = 0
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name="kp3d-adaptation", daemon=True)
+            self._thread.start()
+
+    @classmethod
+    def from_params(cls, params: dict, pipeline: Any, logger: Any = None) -> OnlineAdapter:
+        """The adapter for a pipeline: the torch checkpoint next to network.model_path (or the shipped
+        model), the pipeline's backend; raises when the backend cannot swap weights or no checkpoint exists."""
+        from kp3d_ros.backends.factory import default_model_path
+
+        backend = getattr(pipeline, "backend", None)
+        if backend is None:
+            raise RuntimeError("online adaptation needs an inference backend")
+        model_path = Path(params.get("network.model_path") or default_model_path())
+        checkpoint = model_path if model_path.suffix == ".pt" else model_path.with_suffix(".pt")
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"online adaptation needs the torch checkpoint {checkpoint}")
+        return cls(checkpoint, backend, params, logger)
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=float(self.params["adaptation.learning_rate"]),
+                                 weight_decay=0.0)
+
+    # -- perception side (never blocks on learning) ---------------------------------------------
+    def submit(self, track_id: int, prev_points: np.ndarray, points: np.ndarray, flow: np.ndarray) -> bool:
+        """Queue one frame pair of a track; False (and counted) when the input is unusable."""
+        prev_points, points, flow = np.asarray(prev_points), np.asarray(points), np.asarray(flow)
+        if (prev_points.ndim != 2 or points.ndim != 2 or flow.shape != points.shape or points.shape[-1] != 3
+                or prev_points.shape[-1] != 3 or len(prev_points) < MIN_POINTS or len(points) < MIN_POINTS):
+            with self._lock:
+                self._stats["rejected"] += 1
+            return False
+        item = (int(track_id), prev_points, points, flow)
+        with self._lock:
+            self._submitted += 1
+            target = self._holdout if self._submitted % HOLDOUT_EVERY == 0 else self._buffer
+            if target is self._buffer and len(self._buffer) == self._buffer.maxlen:
+                self._stats["dropped"] += 1
+            target.append(item)
+            ready = len(self._buffer) >= int(self.params["adaptation.batch_size"])
+        if ready:
+            self._wake.set()
+        return True
+
+    def state(self) -> dict:
+        """Diagnostics: steps, last loss, swaps, rollbacks, buffer fill, dropped and rejected samples."""
+        with self._lock:
+            out = dict(self._stats)
+            out["buffer"] = len(self._buffer)
+            out["buffer_size"] = self._buffer.maxlen
+            out["held_back"] = len(self._holdout)
+        out["running"] = self._thread is not None and self._thread.is_alive()
+        return out
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the worker thread (the current step finishes first)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- learning side ----------------------------------------------------------------------------
+    def _to_pair(self, item: tuple) -> PairSample | None:
+        track, prev_points, points, flow = item
+        backward = -np.asarray(flow, dtype=np.float32)
+        try:
+            if not (np.isfinite(prev_points).all() and np.isfinite(points).all() and np.isfinite(backward).all()):
+                raise ValueError("non-finite input")
+            forward = _forward_from_backward(prev_points, points, backward)
+            return PairSample(prev_points, points, forward, backward, track)
+        except ValueError:
+            with self._lock:
+                self._stats["rejected"] += 1
+            return None
+
+    def _take(self, source: deque, count: int, pop: bool) -> list[PairSample]:
+        with self._lock:
+            items = [source.popleft() for _ in range(min(count, len(source)))] if pop else list(source)
+        return [p for p in (self._to_pair(i) for i in items) if p is not None]
+
+    def step(self) -> bool:
+        """One gradient step on a batch from the buffer; False when the buffer is short of a batch."""
+        batch_size = int(self.params["adaptation.batch_size"])
+        with self._lock:
+            if len(self._buffer) < batch_size:
+                return False
+        pairs = self._take(self._buffer, batch_size, pop=True)
+        if not pairs:
+            return False
+        prepared = collate_pairs(pairs, self.num_points, self._rng)
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(self.params["adaptation.learning_rate"])
+        self.optimizer.zero_grad(set_to_none=True)
+        total, _ = self.objective(prepared.batch)
+        if not torch.isfinite(total):
+            with self._lock:
+                self._stats["errors"] += 1
+                self._stats["last_error"] = "non-finite loss; step skipped"
+            return False
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.model.eval()
+        self._steps_since_swap += 1
+        with self._lock:
+            self._stats["steps"] += 1
+            self._stats["last_loss"] = float(total.detach())
+        return True
+
+    def score(self, pairs: list[PairSample]) -> dict[str, float]:
+        """Stage II loss and skeleton plausibility of the current weights on held-back pairs."""
+        prepared = collate_pairs(pairs, self.num_points, np.random.default_rng(0))
+        self.model.eval()
+        with torch.no_grad():
+            total, _ = self.objective(prepared.batch)
+            keypoints = self.model(torch.cat([prepared.batch.points_t, prepared.batch.points_t1]))[0]
+        out = {"loss": float(total)}
+        out.update(losses.skeleton_plausibility(keypoints))
+        out["finite"] = float(torch.isfinite(keypoints).all())
+        return out
+
+    def _acceptable(self, candidate: dict[str, float], good: dict[str, float]) -> tuple[bool, str]:
+        if not candidate["finite"] or not np.isfinite(candidate["loss"]):
+            return False, "non-finite outputs"
+        if candidate["bones_in_range"] < good["bones_in_range"] - BONES_TOLERANCE:
+            return False, f"bones in range {candidate['bones_in_range']:.2f} < {good['bones_in_range']:.2f}"
+        if candidate["left_right_mismatch"] > good["left_right_mismatch"] + MISMATCH_TOLERANCE:
+            return False, f"left/right mismatch {candidate['left_right_mismatch']:.2f}"
+        if candidate["loss"] > LOSS_TOLERANCE * good["loss"] + 1e-6:
+            return False, f"held-back loss {candidate['loss']:.4f} > {good['loss']:.4f}"
+        return True, "ok"
+
+    def consider_swap(self, force: bool = False) -> bool:
+        """Guard the current weights on held-back pairs; swap them into the backend or roll back.
+
+        Returns True when new weights went into the backend. Waits (returns False) while the rate limit
+        or too few held-back pairs say so, unless force (the rate limit only).
+        """
+        interval = float(self.params["adaptation.min_interval_s"])
+        if not force and (self._steps_since_swap == 0 or time.monotonic() - self._last_swap < interval):
+            return False
+        held = self._take(self._holdout, HOLDOUT_SIZE, pop=False)
+        if len(held) < MIN_HOLDOUT:
+            return False
+        candidate = self.score(held)
+        current_state = copy.deepcopy(self.model.state_dict())
+        self.model.load_state_dict(self._good_state)
+        good = self.score(held)  # the last good weights on today's held-back pairs
+        ok, why = self._acceptable(candidate, good)
+        self._steps_since_swap = 0
+        self._last_swap = time.monotonic()
+        if not ok:
+            self.optimizer = self._new_optimizer()  # model already holds the good weights
+            with self._lock:
+                self._stats["rollbacks"] += 1
+                self._stats["last_error"] = f"rollback: {why}"
+            self.log.warning(f"adaptation: rolled back ({why})")
+            return False
+        self.model.load_state_dict(current_state)
+        start = time.perf_counter()
+        self.backend.update_weights({k: v.detach().clone() for k, v in current_state.items()})
+        self._good_state = current_state
+        with self._lock:
+            self._stats["swaps"] += 1
+            self._stats["last_swap_s"] = time.perf_counter() - start
+        self._save_checkpoint()
+        return True
+
+    def _save_checkpoint(self) -> None:
+        directory = self.params.get("adaptation.checkpoint_dir", "")
+        if not directory:
+            return
+        path = Path(directory) / "adapted_last.pt"
+        save_checkpoint(path, self.model, dict(self.meta) | {"stage": "online", "swaps": self._stats["swaps"]})
+
+    def _run(self) -> None:
+        torch.set_num_threads(1)
+        # lower this thread's priority (Linux: threads are tasks with their own nice value)
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        while not self._stop.is_set():
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()
+            try:
+                while not self._stop.is_set() and self.step():
+                    self.consider_swap()
+                self.consider_swap()
+            except Exception as exc:  # keep perception alive whatever happens here; count and report
+                with self._lock:
+                    self._stats["errors"] += 1
+                    self._stats["last_error"] = f"{type(exc).__name__}: {exc}"
+                self.log.error(f"adaptation step failed: {exc}")
+                self.model.load_state_dict(self._good_state)
+                self.optimizer = self._new_optimizer()

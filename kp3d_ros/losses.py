@@ -1,0 +1,328 @@
+"""The unsupervised GC-KPL losses (shared/method.md, Stage II) and skeleton-consistency terms, in torch.
+
+Shapes: points (B, N, 3), keypoints (B, J, 3), part probabilities (B, N, C) with C = NUM_CLASSES rows
+summing to 1, limbs L = NUM_LIMBS. Every loss is vectorised over B, N and L and differentiable with
+respect to the keypoints and the probabilities. Units are metres (the network's crop frame is metric).
+Optional `valid` masks (B, N) exclude padded or flow-less points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from kp3d_ros import skeleton as sk
+
+EPS = 1e-6
+DEFAULT_BANDWIDTH = 0.1  # m, symmetry kernel h (see benchmarks/results/stage2.md)
+
+_PARENT = torch.from_numpy(sk.LIMB_PARENT_WEIGHTS)  # (L, J)
+_CHILD = torch.from_numpy(sk.LIMB_CHILD_WEIGHTS)
+_LIMB_PART = torch.from_numpy(sk.LIMB_PART)  # (L,)
+_J2P = [(sk.JOINT_INDEX[j], sk.PART_INDEX[p]) for j, p in sk.JOINT_PART_PAIRS]
+
+# Bones for length consistency: the ten limbs plus shoulder and hip width.
+BONE_NAMES: tuple[str, ...] = (*sk.LIMB_NAMES, "shoulders", "hips")
+_BONE_A = torch.cat([_PARENT, torch.from_numpy(np.stack([sk.point_weights("left_shoulder"),
+                                                          sk.point_weights("left_hip")]))])
+_BONE_B = torch.cat([_CHILD, torch.from_numpy(np.stack([sk.point_weights("right_shoulder"),
+                                                         sk.point_weights("right_hip")]))])
+# Typical adult bone lengths (m) and a generous plausible range, used by the group-variance loss
+# (as the average skeleton) and by the online adapter's plausibility guard.
+REFERENCE_BONE_LENGTHS = torch.tensor(
+    [0.22, 0.50, 0.29, 0.25, 0.29, 0.25, 0.42, 0.41, 0.42, 0.41, 0.34, 0.20])
+BONE_RANGE = (0.5, 1.7)  # plausible length / reference
+BONE_GROUPS: dict[str, tuple[str, ...]] = {
+    "arms": ("left_upper_arm", "left_forearm", "right_upper_arm", "right_forearm"),
+    "legs": ("left_thigh", "left_shin", "right_thigh", "right_shin"),
+    "trunk": ("torso", "shoulders", "hips"),
+}
+# Left/right bone pairs (indices into BONE_NAMES) for the symmetry part of plausibility.
+MIRROR_BONES = [(BONE_NAMES.index(a), BONE_NAMES.index(a.replace("left", "right")))
+                for a in BONE_NAMES if a.startswith("left")]
+
+
+def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return t.to(dtype=ref.dtype, device=ref.device)
+
+
+def _mask(valid: torch.Tensor | None, ref: torch.Tensor) -> torch.Tensor:
+    """(B, N) float weights: 1 for valid points."""
+    if valid is None:
+        return torch.ones(ref.shape[:2], dtype=ref.dtype, device=ref.device)
+    return valid.to(ref.dtype)
+
+
+# -- limb geometry --------------------------------------------------------------------------------
+def limb_endpoints(keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parent and child endpoints (B, L, 3) of every limb."""
+    return _like(_PARENT, keypoints) @ keypoints, _like(_CHILD, keypoints) @ keypoints
+
+
+def limb_coordinates(points: torch.Tensor, keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Axial z and radial r coordinates (B, L, N) of every point around every limb."""
+    a, b = limb_endpoints(keypoints)
+    axis = b - a
+    u = axis / (axis.norm(dim=-1, keepdim=True) + EPS)  # (B, L, 3)
+    rel = points[:, None, :, :] - a[:, :, None, :]  # (B, L, N, 3)
+    z = (rel * u[:, :, None, :]).sum(-1)
+    perp = rel - z[..., None] * u[:, :, None, :]
+    r = torch.sqrt((perp * perp).sum(-1) + EPS * EPS)
+    return z, r
+
+
+def limb_weights(probs: torch.Tensor) -> torch.Tensor:
+    """W (B, L, N): probability of each point belonging to each limb's part."""
+    return probs[..., _LIMB_PART.to(probs.device)].transpose(1, 2)
+
+
+def segment_distance(points: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+    """Distance (B, L, N) from every point to every limb segment."""
+    a, b = limb_endpoints(keypoints)
+    axis = b - a
+    length2 = (axis * axis).sum(-1, keepdim=True) + EPS  # (B, L, 1)
+    rel = points[:, None, :, :] - a[:, :, None, :]
+    s = ((rel * axis[:, :, None, :]).sum(-1) / length2).clamp(0.0, 1.0)  # (B, L, N)
+    diff = rel - s[..., None] * axis[:, :, None, :]
+    return torch.sqrt((diff * diff).sum(-1) + EPS * EPS)
+
+
+def _limb_mean(per_point: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """mean over B and L of 1/N sum_i W_il x_il, N counting valid points."""
+    n = valid.sum(-1).clamp(min=1.0)[:, None]  # (B, 1)
+    return ((weights * per_point * valid[:, None, :]).sum(-1) / n).mean()
+
+
+# -- the GC-KPL losses ----------------------------------------------------------------------------
+def flow_term(points: torch.Tensor, carried: torch.Tensor, keypoints_from: torch.Tensor,
+              keypoints_to: torch.Tensor, probs_from: torch.Tensor,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+    """One direction of the flow loss: points carried by the flow keep their limb coordinates.
+
+    points (B, N, 3) at the first frame, carried = points + flow (B, N, 3) in the same coordinate frame
+    as keypoints_to; keypoints_from / keypoints_to are the predictions at the two frames.
+    """
+    v = _mask(valid, points)
+    z0, r0 = limb_coordinates(points, keypoints_from)
+    z1, r1 = limb_coordinates(carried, keypoints_to)
+    per_point = (r1 - r0).abs() + (z1 - z0).abs()
+    return _limb_mean(per_point, limb_weights(probs_from), v)
+
+
+def flow_loss(points_t: torch.Tensor, carried_t: torch.Tensor, keypoints_t: torch.Tensor, probs_t: torch.Tensor,
+              points_t1: torch.Tensor, carried_t1: torch.Tensor, keypoints_t1: torch.Tensor,
+              probs_t1: torch.Tensor, valid_t: torch.Tensor | None = None,
+              valid_t1: torch.Tensor | None = None) -> torch.Tensor:
+    """L_flow = (L_ff + L_bf) / 2; carried_t = p^t + f^t, carried_t1 = p^{t+1} + b^{t+1}."""
+    forward = flow_term(points_t, carried_t, keypoints_t, keypoints_t1, probs_t, valid_t)
+    backward = flow_term(points_t1, carried_t1, keypoints_t1, keypoints_t, probs_t1, valid_t1)
+    return 0.5 * (forward + backward)
+
+
+def points_to_limb_loss(points: torch.Tensor, keypoints: torch.Tensor, probs: torch.Tensor,
+                        valid: torch.Tensor | None = None) -> torch.Tensor:
+    """L_p2l: probability-weighted distance of each part's points to its limb segment."""
+    return _limb_mean(segment_distance(points, keypoints), limb_weights(probs), _mask(valid, points))
+
+
+def symmetry_loss(points: torch.Tensor, keypoints: torch.Tensor, probs: torch.Tensor,
+                  bandwidth: float = DEFAULT_BANDWIDTH, valid: torch.Tensor | None = None,
+                  max_points: int | None = 64) -> torch.Tensor:
+    """L_sym: each point's radius against the kernel-weighted mean radius of the other points of its limb.
+
+    For speed each limb only looks at its `max_points` points of highest W (None: all N). The others
+    carry little weight in both the sum and the mean radius, and the 1/N normalisation is unchanged.
+    """
+    v = _mask(valid, points)
+    z, r = limb_coordinates(points, keypoints)  # (B, L, N)
+    W = limb_weights(probs) * v[:, None, :]
+    B, L, N = W.shape
+    n = v.sum(-1).clamp(min=1.0)[:, None]  # (B, 1)
+    if max_points is not None and max_points < N:
+        idx = W.detach().topk(max_points, dim=-1).indices  # (B, L, K)
+        z, r, W = z.gather(-1, idx), r.gather(-1, idx), W.gather(-1, idx)
+        rows = probs.gather(1, idx.reshape(B, -1, 1).expand(-1, -1, probs.shape[-1]))
+        rows = rows.reshape(B, L, max_points, -1)  # (B, L, K, C)
+        vk = v.gather(1, idx.reshape(B, -1)).reshape(B, L, max_points)
+    else:
+        rows = probs[:, None].expand(B, L, N, probs.shape[-1])
+        vk = v[:, None].expand(B, L, N)
+    K = z.shape[-1]
+    kernel = torch.exp(-(((z[..., :, None] - z[..., None, :]) / bandwidth) ** 2))  # (B, L, K, K)
+    similarity = rows @ rows.transpose(-1, -2)
+    others = (1.0 - torch.eye(K, dtype=points.dtype, device=points.device)) * vk[..., None, :]
+    k = kernel * similarity * others
+    r_bar = (k * r[..., None, :]).sum(-1) / (k.sum(-1) + EPS)
+    return ((W * (r - r_bar) ** 2).sum(-1) / n).mean()
+
+
+def joint_to_part_loss(points: torch.Tensor, keypoints: torch.Tensor, probs: torch.Tensor,
+                       pairs: list[tuple[int, int]] | None = None, valid: torch.Tensor | None = None,
+                       min_mass: float = 1.0) -> torch.Tensor:
+    """L_j2p: each paired joint against the probability-weighted centroid of its part's points.
+
+    Pairs whose part has less than `min_mass` total probability (about one point) in a sample are
+    left out: their centroid is undefined (the part is not seen).
+    """
+    pairs = _J2P if pairs is None else pairs
+    if not pairs:
+        return keypoints.sum() * 0.0
+    v = _mask(valid, points)
+    joints = torch.tensor([j for j, _ in pairs], device=points.device)
+    parts = torch.tensor([p for _, p in pairs], device=points.device)
+    w = probs[..., parts] * v[..., None]  # (B, N, P)
+    mass = w.sum(1)  # (B, P)
+    centroid = (w.transpose(1, 2) @ points) / (mass[..., None] + EPS)  # (B, P, 3)
+    seen = (mass.detach() >= min_mass).to(points.dtype)
+    dist = (keypoints[:, joints] - centroid).norm(dim=-1)
+    return (dist * seen).sum() / seen.sum().clamp(min=1.0)
+
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against (pseudo-)labels (B, N), -1 = ignored; 0 when every label is ignored."""
+    flat = labels.reshape(-1).long()
+    if not (flat >= 0).any():
+        return logits.sum() * 0.0
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat, ignore_index=-1)
+
+
+# -- pseudo-labels for the segmentation loss ------------------------------------------------------
+def confident_labels(probs: torch.Tensor, threshold: float = 0.8) -> torch.Tensor:
+    """Argmax part (B, N) of (frozen Stage I) probabilities, -1 where the top probability < threshold."""
+    top, label = probs.max(-1)
+    return torch.where(top >= threshold, label, torch.full_like(label, -1))
+
+
+def nearest_limb_labels(points: torch.Tensor, keypoints: torch.Tensor, max_distance: float = 0.2) -> torch.Tensor:
+    """Part (B, N) of the nearest predicted limb segment, -1 for points farther than max_distance from all."""
+    d = segment_distance(points, keypoints)  # (B, L, N)
+    dmin, limb = d.min(1)
+    label = _LIMB_PART.to(points.device)[limb]
+    return torch.where(dmin <= max_distance, label, torch.full_like(label, -1))
+
+
+# -- bone lengths ---------------------------------------------------------------------------------
+def bone_lengths(keypoints: torch.Tensor) -> torch.Tensor:
+    """Lengths (..., E) of the BONE_NAMES bones from keypoints (..., J, 3)."""
+    a = _like(_BONE_A, keypoints) @ keypoints
+    b = _like(_BONE_B, keypoints) @ keypoints
+    return (b - a).norm(dim=-1)
+
+
+def bone_consistency_loss(keypoints: torch.Tensor, track: torch.Tensor) -> torch.Tensor:
+    """Each bone of a tracked person keeps its length: mean squared deviation from the track's mean length.
+
+    keypoints (B, J, 3); track (B,) integer id of the person each sample shows (samples with a unique id
+    contribute nothing).
+    """
+    lengths = bone_lengths(keypoints)  # (B, E)
+    _, inverse, counts = torch.unique(track, return_inverse=True, return_counts=True)
+    sums = torch.zeros(len(counts), lengths.shape[1], dtype=lengths.dtype, device=lengths.device)
+    sums = sums.index_add(0, inverse, lengths)
+    means = sums / counts[:, None].to(lengths.dtype)
+    dev = (lengths - means[inverse]) ** 2
+    repeated = (counts[inverse] > 1).to(lengths.dtype)[:, None]
+    return (dev * repeated).sum() / (repeated.sum() * lengths.shape[1]).clamp(min=1.0)
+
+
+def bone_group_variance_loss(keypoints: torch.Tensor,
+                             reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Zhou et al. 2017: within each bone group, lengths relative to the average skeleton agree."""
+    ref = _like(REFERENCE_BONE_LENGTHS if reference is None else reference, keypoints)
+    ratio = bone_lengths(keypoints) / ref  # (B, E)
+    terms = []
+    for names in BONE_GROUPS.values():
+        idx = [BONE_NAMES.index(n) for n in names]
+        terms.append(ratio[:, idx].var(dim=1, unbiased=False))
+    return torch.stack(terms, 1).mean()
+
+
+def skeleton_plausibility(keypoints: torch.Tensor) -> dict[str, float]:
+    """Share of bones within the human range and mean left/right length mismatch (relative)."""
+    with torch.no_grad():
+        lengths = bone_lengths(keypoints)
+        ratio = lengths / _like(REFERENCE_BONE_LENGTHS, lengths)
+        in_range = ((ratio >= BONE_RANGE[0]) & (ratio <= BONE_RANGE[1])).float().mean()
+        left = lengths[:, [a for a, _ in MIRROR_BONES]]
+        right = lengths[:, [b for _, b in MIRROR_BONES]]
+        mismatch = ((left - right).abs() / (0.5 * (left + right) + EPS)).mean()
+    return {"bones_in_range": float(in_range), "left_right_mismatch": float(mismatch)}
+
+
+# -- the total ------------------------------------------------------------------------------------
+@dataclass
+class LossWeights:
+    """Weights of the Stage II total (method.md defaults); bone terms are off by default."""
+
+    flow: float = 0.02
+    p2l: float = 0.01
+    sym: float = 0.5
+    j2p: float = 2.0
+    seg: float = 0.5
+    bone: float = 0.0
+    bone_group: float = 0.0
+    bandwidth: float = DEFAULT_BANDWIDTH
+    detach_part_weights: bool = False  # geometric losses train keypoints only (W_ia without gradient)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> LossWeights:
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown loss weight(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+@dataclass
+class PairBatch:
+    """One batch of frame pairs (t, t+1) of tracked people, all in metres.
+
+    points_t, points_t1 (B, N, 3) in their own crop frames; carried_t = points_t + forward flow expressed
+    in t+1's crop frame; carried_t1 = points_t1 + backward flow in t's crop frame.
+    """
+
+    points_t: torch.Tensor
+    points_t1: torch.Tensor
+    carried_t: torch.Tensor
+    carried_t1: torch.Tensor
+    valid_t: torch.Tensor | None = None
+    valid_t1: torch.Tensor | None = None
+    labels_t: torch.Tensor | None = None  # pseudo-labels (B, N), -1 ignored
+    labels_t1: torch.Tensor | None = None
+    track: torch.Tensor | None = None  # (B,) track ids for bone consistency
+
+
+def stage2_loss(batch: PairBatch, keypoints_t: torch.Tensor, logits_t: torch.Tensor, keypoints_t1: torch.Tensor,
+                logits_t1: torch.Tensor, weights: LossWeights | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted total and its components (floats, unweighted) for one batch of pairs."""
+    w = weights or LossWeights()
+    probs_t = logits_t.softmax(-1)
+    probs_t1 = logits_t1.softmax(-1)
+    if w.detach_part_weights:
+        probs_t, probs_t1 = probs_t.detach(), probs_t1.detach()
+    parts: dict[str, torch.Tensor] = {}
+    zero = keypoints_t.sum() * 0.0
+    if w.flow:
+        parts["flow"] = flow_loss(batch.points_t, batch.carried_t, keypoints_t, probs_t, batch.points_t1,
+                                  batch.carried_t1, keypoints_t1, probs_t1, batch.valid_t, batch.valid_t1)
+    frames = ((batch.points_t, keypoints_t, probs_t, logits_t, batch.valid_t, batch.labels_t),
+              (batch.points_t1, keypoints_t1, probs_t1, logits_t1, batch.valid_t1, batch.labels_t1))
+    for name, weight, fn in (("p2l", w.p2l, points_to_limb_loss), ("j2p", w.j2p, joint_to_part_loss)):
+        if weight:
+            parts[name] = 0.5 * sum(fn(p, k, pr, valid=v) for p, k, pr, _, v, _ in frames)
+    if w.sym:
+        parts["sym"] = 0.5 * sum(symmetry_loss(p, k, pr, w.bandwidth, v) for p, k, pr, _, v, _ in frames)
+    if w.seg and batch.labels_t is not None:
+        parts["seg"] = 0.5 * sum(segmentation_loss(lg, lb) for _, _, _, lg, _, lb in frames if lb is not None)
+    if w.bone and batch.track is not None:
+        both = torch.cat([keypoints_t, keypoints_t1])
+        parts["bone"] = bone_consistency_loss(both, torch.cat([batch.track, batch.track]))
+    if w.bone_group:
+        parts["bone_group"] = bone_group_variance_loss(torch.cat([keypoints_t, keypoints_t1]))
+    total = zero
+    for name, value in parts.items():
+        total = total + getattr(w, name) * value
+    return total, {name: float(value.detach()) for name, value in parts.items()}

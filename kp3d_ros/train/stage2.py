@@ -1,0 +1,388 @@
+"""Stage II: unsupervised refinement on unlabelled sequences (`kp3d train stage2`).
+
+  kp3d train stage2 --init models/kp3d_stage1.pt --data DATA --out runs/stage2 [--config config/stage2.yaml]
+
+DATA is a synthetic sequence directory (kp3d_ros.synth.sequence; labels are not used for training) or
+one or more bags with /points (frames read with core.bagio, people detected, tracked and cropped by
+core.pipeline.PerceptionPipeline.track). Consecutive crops of one track form a pair; scene flow comes
+from core.flow (real-time estimator), flow_offline (NSFP-style optimisation, cached) or, for synthetic
+data only, the true flow ("truth": an oracle ablation). Loss: losses.stage2_loss with the config's
+weights; segmentation pseudo-labels from the frozen initial model ("confident") or the nearest predicted
+limb ("nearest_limb"). Validation: the unsupervised loss on held-out pairs (monitored) and, where
+labels exist, MPJPE (reported only, never used for selection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from kp3d_ros import losses
+from kp3d_ros.core.flow import FlowEstimator
+from kp3d_ros.model.checkpoint import load_model
+from kp3d_ros.model.preprocess import prepare_batch, restore_keypoints
+from kp3d_ros.train.loop import FitConfig, fit
+from kp3d_ros.train.pairs import PairSample, collate_pairs
+
+GROUND_THRESHOLD = 0.08  # m above the crop's ground: points below are ground (as the node removes them)
+
+DEFAULTS: dict = {
+    "init": "models/kp3d_stage1.pt",
+    "data": "data/stage2/target_train",
+    "out": "runs/stage2",
+    "seed": 0,
+    "threads": 1,  # on the shared 2-core machine 1 thread trains faster
+    "max_sequences": 0,  # 0: all
+    "val_sequences": 16,  # held out from DATA for the unsupervised validation loss
+    "keep_ground": True,  # crops keep their ground points, as the node's crops do
+    "flow": {"method": "realtime", "iterations": 5, "cache_dir": ""},
+    "loss": {"flow": 0.02, "p2l": 0.01, "sym": 0.5, "j2p": 2.0, "seg": 0.5, "bone": 0.0, "bone_group": 0.0,
+             "bandwidth": losses.DEFAULT_BANDWIDTH, "detach_part_weights": False},
+    "seg_target": "confident",  # confident | nearest_limb | none
+    "confidence": 0.9,
+    "train": {"epochs": 4, "steps_per_epoch": 50, "batch_size": 16, "pairs_per_track": 2, "lr": 1.0e-4,
+              "weight_decay": 0.0, "warmup_steps": 10, "max_minutes": 15.0, "grad_clip": 1.0},
+    "eval": {"data": "", "max_sequences": 0},  # labelled sequences for the MPJPE report
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in (override or {}).items():
+        out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None) -> dict:
+    if not path:
+        return merge(DEFAULTS, {})
+    with open(path) as f:
+        return merge(DEFAULTS, yaml.safe_load(f) or {})
+
+
+# -- data -----------------------------------------------------------------------------------------
+def flow_function(cfg: dict):
+    """(src, dst, init_translation) -> forward flow, for the configured method (not 'truth')."""
+    method = cfg["flow"]["method"]
+    realtime = FlowEstimator(iterations=int(cfg["flow"]["iterations"]))
+    if method == "realtime":
+        return realtime.estimate
+    if method == "offline":
+        from kp3d_ros.flow_offline import FlowCache, NeuralFlowOptimizer
+
+        optimiser = NeuralFlowOptimizer(iterations=150)
+        cache_dir = cfg["flow"]["cache_dir"] or str(Path(cfg["out"]) / "flow_cache")
+        cache = FlowCache(cache_dir, "nsfp-warm-150")
+
+        def offline(src, dst, init):
+            return cache.get_or_compute(src, dst, lambda a, b: optimiser.estimate(a, b, realtime.estimate(a, b, init)))
+
+        return offline
+    raise ValueError(f"unknown flow method {method!r} (realtime, offline, truth)")
+
+
+def above_ground(points: np.ndarray, ground_z: float) -> np.ndarray:
+    return points[:, 2] >= ground_z + GROUND_THRESHOLD
+
+
+def sequence_pairs(frames: list, track: int, flow_fn, keep_ground: bool = True,
+                   min_points: int = 20) -> list[PairSample]:
+    """Pairs of consecutive frames of one synthetic sequence (flow_fn None: the true flow).
+
+    Flow is estimated on the points above the ground only; ground points (kept in the crop when
+    keep_ground, as the node's crops keep them) get zero flow: the ground does not move.
+    """
+    out: list[PairSample] = []
+    previous_centroid = None
+    for t in range(len(frames) - 1):
+        a, b = frames[t], frames[t + 1]
+        up_a, up_b = above_ground(a.points, float(a.centre[2])), above_ground(b.points, float(b.centre[2]))
+        if up_a.sum() < min_points or up_b.sum() < min_points:
+            previous_centroid = None
+            continue
+        centroid = a.points[up_a].mean(0)
+        if flow_fn is None:
+            fwd, bwd = a.flow.copy(), b.backward_flow.copy()
+        else:
+            init = None if previous_centroid is None else centroid - previous_centroid
+            fwd = np.zeros_like(a.points)
+            bwd = np.zeros_like(b.points)
+            fwd[up_a] = flow_fn(a.points[up_a], b.points[up_b], init)
+            bwd[up_b] = flow_fn(b.points[up_b], a.points[up_a], None if init is None else -init)
+        previous_centroid = centroid
+        src, dst = a.points, b.points
+        if not keep_ground:
+            src, dst, fwd, bwd = src[up_a], dst[up_b], fwd[up_a], bwd[up_b]
+        out.append(PairSample(src, dst, fwd, bwd, track, a.joints, b.joints))
+    return out
+
+
+def load_sequence_pairs(root: str | Path, cfg: dict, log=print) -> list[list[PairSample]]:
+    """Pairs per sequence from a SequenceDataset directory."""
+    from kp3d_ros.synth.sequence import SequenceDataset
+
+    data = SequenceDataset(root)
+    count = len(data) if not cfg["max_sequences"] else min(len(data), int(cfg["max_sequences"]))
+    flow_fn = None if cfg["flow"]["method"] == "truth" else flow_function(cfg)
+    per_sequence = []
+    for i in range(count):
+        try:
+            frames = data[i]
+        except FileNotFoundError:  # shard not written yet (data still being generated)
+            continue
+        per_sequence.append(sequence_pairs(frames, i, flow_fn, keep_ground=bool(cfg["keep_ground"])))
+    log(f"{datetime.now():%H:%M:%S} {sum(map(len, per_sequence))} pairs from {len(per_sequence)} sequences "
+        f"({cfg['flow']['method']} flow)")
+    return [p for p in per_sequence if p]
+
+
+def load_bag_pairs(paths: list[str], cfg: dict, topic: str = "/points", log=print) -> list[list[PairSample]]:
+    """Pairs per track from bags: detection, tracking and crops by the node's pipeline (no network)."""
+    from kp3d_ros.core.bagio import iter_scans
+    from kp3d_ros.core.params import defaults
+    from kp3d_ros.core.pipeline import PerceptionPipeline
+
+    flow_fn = flow_function(cfg)
+    tracks: dict[int, list[PairSample]] = {}
+    offset = 0
+    for path in paths:
+        pipeline = PerceptionPipeline(defaults(), backend=None, flow_estimator=None)
+        last_stamp = None
+        for scan in iter_scans(path, topic):
+            dt = 0.1 if last_stamp is None else max(1e-3, (scan.stamp_ns - last_stamp) * 1e-9)
+            last_stamp = scan.stamp_ns
+            for crop in pipeline.track(scan.points, scan.stamp_ns):
+                if crop.previous_points is None or len(crop.previous_points) < 20 or len(crop.points) < 20:
+                    continue
+                init = np.asarray(crop.velocity, dtype=np.float64) * dt
+                fwd = flow_fn(crop.previous_points, crop.points, init)
+                bwd = flow_fn(crop.points, crop.previous_points, -init)
+                tracks.setdefault(offset + crop.track_id, []).append(
+                    PairSample(crop.previous_points, crop.points, fwd, bwd, offset + crop.track_id))
+        offset += 1_000_000
+    log(f"{datetime.now():%H:%M:%S} {sum(map(len, tracks.values()))} pairs from {len(tracks)} tracks in bags")
+    return list(tracks.values())
+
+
+# -- training -------------------------------------------------------------------------------------
+def pair_batches(tracks: list[list[PairSample]], cfg: dict, epoch: int):
+    """steps_per_epoch batches; each takes `pairs_per_track` pairs from each of several tracks."""
+    tcfg = cfg["train"]
+    rng = np.random.default_rng([cfg["seed"], epoch])
+    per = max(1, int(tcfg["pairs_per_track"]))
+    groups = max(1, int(tcfg["batch_size"]) // per)
+    for _ in range(int(tcfg["steps_per_epoch"])):
+        chosen = rng.choice(len(tracks), size=groups, replace=len(tracks) < groups)
+        samples = []
+        for k in chosen:
+            pairs = tracks[k]
+            samples += [pairs[i] for i in rng.choice(len(pairs), size=min(per, len(pairs)), replace=False)]
+        yield collate_pairs(samples, cfg["num_points"], rng)
+
+
+class Stage2Objective:
+    """Forward pass on both frames, pseudo-labels and the weighted Stage II loss."""
+
+    def __init__(self, model: torch.nn.Module, frozen: torch.nn.Module | None, weights: losses.LossWeights,
+                 seg_target: str = "confident", confidence: float = 0.9) -> None:
+        if seg_target not in ("confident", "nearest_limb", "none"):
+            raise ValueError(f"unknown seg_target {seg_target!r} (confident, nearest_limb, none)")
+        if seg_target == "confident" and frozen is None:
+            raise ValueError("seg_target 'confident' needs the frozen initial model")
+        self.model, self.frozen, self.weights = model, frozen, weights
+        self.seg_target, self.confidence = seg_target, confidence
+
+    def __call__(self, batch: losses.PairBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        B = batch.points_t.shape[0]
+        both = torch.cat([batch.points_t, batch.points_t1])
+        keypoints, logits = self.model(both)
+        if self.seg_target == "confident":
+            with torch.no_grad():
+                probs = self.frozen(both)[1].softmax(-1)
+            labels = losses.confident_labels(probs, self.confidence)
+        elif self.seg_target == "nearest_limb":
+            labels = losses.nearest_limb_labels(both, keypoints.detach())
+        else:
+            labels = None
+        if labels is not None:
+            batch.labels_t, batch.labels_t1 = labels[:B], labels[B:]
+        return losses.stage2_loss(batch, keypoints[:B], logits[:B], keypoints[B:], logits[B:], self.weights)
+
+
+def evaluate_pairs(model: torch.nn.Module, prepared: list) -> dict[str, float]:
+    """MPJPE (cm) of the model on the labelled frames of prepared pair batches (frame t only)."""
+    from kp3d_ros.metrics import keypoint_summary
+
+    preds, truths = [], []
+    with torch.no_grad():
+        for p in prepared:
+            if p.joints_t is None:
+                continue
+            preds.append(model(p.batch.points_t)[0].numpy())
+            truths.append(p.joints_t)
+    if not preds:
+        return {}
+    return keypoint_summary(np.concatenate(preds), np.concatenate(truths))
+
+
+def evaluate_sequences(checkpoint: str | Path, root: str | Path, max_sequences: int = 0, seed: int = 0,
+                       num_points: int | None = None, keep_ground: bool = True) -> dict[str, float]:
+    """Keypoint metrics (cm) of a checkpoint on every frame of labelled sequences (crops as the node's)."""
+    from kp3d_ros.metrics import confusion_matrix, keypoint_summary, segmentation_scores
+    from kp3d_ros.skeleton import NUM_CLASSES
+    from kp3d_ros.synth.sequence import SequenceDataset
+
+    model, meta = load_model(checkpoint)
+    num_points = num_points or int(meta["num_points"])
+    data = SequenceDataset(root)
+    rng = np.random.default_rng(seed)
+    count = len(data) if not max_sequences else min(max_sequences, len(data))
+    crops, truths, parts = [], [], []
+    for i in range(count):
+        for f in data[i]:
+            keep = np.ones(len(f.points), bool) if keep_ground else above_ground(f.points, float(f.centre[2]))
+            if keep.sum() >= 10:
+                crops.append(f.points[keep])
+                truths.append(f.joints)
+                parts.append(f.parts[keep])
+    preds, conf = [], np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    with torch.no_grad():
+        for s in range(0, len(crops), 64):
+            batch = prepare_batch(crops[s:s + 64], num_points, rng)
+            kp, logits = model(torch.from_numpy(batch.points))
+            preds.append(restore_keypoints(kp.numpy(), batch.centres))
+            truth = np.stack([p[i] for p, i in zip(parts[s:s + 64], batch.indices, strict=True)])
+            conf += confusion_matrix(logits.argmax(-1).numpy(), truth, NUM_CLASSES)
+    scores = segmentation_scores(conf)
+    summary = keypoint_summary(np.concatenate(preds), np.stack(truths))
+    return summary | {"seg_accuracy": scores["accuracy"], "seg_miou": scores["miou"]}
+
+
+def run(cfg: dict, resume: bool = False, log=print) -> dict:
+    torch.set_num_threads(int(cfg["threads"]))
+    torch.manual_seed(cfg["seed"])
+    model, meta = load_model(cfg["init"])
+    cfg.setdefault("num_points", int(meta["num_points"]))
+    frozen = copy.deepcopy(model).eval() if cfg["seg_target"] == "confident" else None
+    if frozen is not None:
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+    data = [str(d) for d in (cfg["data"] if isinstance(cfg["data"], list) else [cfg["data"]])]
+    if all(Path(d).is_dir() for d in data) and len(data) == 1 and (Path(data[0]) / "meta.json").exists():
+        tracks = load_sequence_pairs(data[0], cfg, log)
+    else:
+        if cfg["flow"]["method"] == "truth":
+            raise ValueError("flow method 'truth' needs synthetic sequences")
+        tracks = load_bag_pairs(data, cfg, log=log)
+    if len(tracks) < 2:
+        raise ValueError(f"too little data in {data}: {len(tracks)} tracks with pairs")
+    n_val = min(int(cfg["val_sequences"]), len(tracks) // 4)
+    val_tracks, train_tracks = tracks[:n_val], tracks[n_val:]
+    weights = losses.LossWeights.from_dict(cfg["loss"])
+    objective = Stage2Objective(model, frozen, weights, cfg["seg_target"], float(cfg["confidence"]))
+    val_rng = np.random.default_rng(1234)
+    val_prepared = [collate_pairs(pairs, cfg["num_points"], val_rng) for pairs in val_tracks] if n_val else []
+
+    def step(prepared) -> dict[str, float]:
+        total, parts = objective(prepared.batch)
+        total.backward()
+        return {"loss": float(total.detach()), **parts}
+
+    def validate() -> dict[str, float]:
+        if not val_prepared:
+            return {"val_loss": 0.0}
+        with torch.no_grad():
+            values = [float(objective(p.batch)[0]) for p in val_prepared]
+        out = {"val_loss": float(np.mean(values))}
+        out |= {f"val_{k}": v for k, v in evaluate_pairs(model, val_prepared).items() if k.endswith("_cm")}
+        return out
+
+    tcfg = cfg["train"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    model.eval()
+    log(f"{datetime.now():%H:%M:%S} stage2: {len(train_tracks)} train / {n_val} val tracks; before: "
+        f"{validate()}")
+    budget = 60 * tcfg["max_minutes"] if tcfg.get("max_minutes") else None
+    fit_cfg = FitConfig(epochs=tcfg["epochs"], steps_per_epoch=tcfg["steps_per_epoch"], lr=tcfg["lr"],
+                        warmup_steps=tcfg["warmup_steps"], out_dir=cfg["out"], monitor="val_loss",
+                        time_budget_s=budget, grad_clip=tcfg["grad_clip"], resume=resume)
+    run_meta = dict(meta) | {"stage": "stage2", "init": str(cfg["init"]), "data": data,
+                             "loss": cfg["loss"], "seg_target": cfg["seg_target"], "flow": cfg["flow"]["method"]}
+    result = fit(model, optimizer, fit_cfg, lambda e: pair_batches(train_tracks, cfg, e), step, validate,
+                 run_meta, log)
+    log(f"{datetime.now():%H:%M:%S} done: {result}")
+    report = {"result": result, "out": cfg["out"]}
+    if cfg["eval"]["data"]:
+        for name in ("init", "last"):
+            path = cfg["init"] if name == "init" else Path(cfg["out"]) / "last.pt"
+            report[name] = evaluate_sequences(path, cfg["eval"]["data"], int(cfg["eval"]["max_sequences"]),
+                                              keep_ground=bool(cfg["keep_ground"]))
+            log(f"target test, {name}: {report[name]}")
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="config/stage2.yaml", help="YAML config (defaults for missing keys)")
+    parser.add_argument("--init", help="Stage I checkpoint to start from (overrides the config)")
+    parser.add_argument("--data", nargs="+", help="a synthetic sequence directory, or bag(s) with /points")
+    parser.add_argument("--out", help="run directory (overrides the config)")
+    parser.add_argument("--eval-data", help="labelled sequences for the before/after MPJPE report")
+    parser.add_argument("--flow", choices=("realtime", "offline", "truth"), help="scene flow source")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--epochs", type=int, help="override train.epochs")
+    parser.add_argument("--max-minutes", type=float, help="override train.max_minutes")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override config entries, e.g. loss.sym=0 seg_target=none (values parsed as YAML)")
+
+
+def apply_overrides(cfg: dict, items: list[str]) -> dict:
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        node = cfg
+        *path, last = key.split(".")
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"unknown config section {part!r} in {key!r}")
+            node = node[part]
+        if last not in node:
+            raise ValueError(f"unknown config key {key!r}")
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                parsed = float(parsed)
+        node[last] = parsed
+    return cfg
+
+
+def main(args: argparse.Namespace) -> int:
+    config_path = args.config if args.config and Path(args.config).is_file() else None
+    if args.config and config_path is None:
+        print(f"warning: config {args.config} not found, using defaults")
+    cfg = load_config(config_path)
+    given = {"init": args.init, "data": args.data[0] if args.data and len(args.data) == 1 else args.data,
+             "out": args.out}
+    cfg = merge(cfg, {k: v for k, v in given.items() if v})
+    if args.eval_data:
+        cfg["eval"]["data"] = args.eval_data
+    if args.flow:
+        cfg["flow"]["method"] = args.flow
+    if args.epochs is not None:
+        cfg["train"]["epochs"] = args.epochs
+    if args.max_minutes is not None:
+        cfg["train"]["max_minutes"] = args.max_minutes
+    try:
+        cfg = apply_overrides(cfg, args.set)
+        run(cfg, resume=args.resume)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 1
+    return 0

@@ -1,0 +1,249 @@
+"""Stage II domain-adaptation experiment (benchmarks/results/stage2.md).
+
+  data:  write target-domain sequences (vlp16, heavier range noise, inflated surfaces / loose clothing,
+         more carried objects and occluders) for training (labels unused) and for testing.
+  eval:  MPJPE of checkpoints on the target test sequences.
+Run: .venv/bin/python scripts/stage2_experiment.py data|eval ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+TARGET_DOMAIN = {
+    "presets": ("vlp16",),
+    "range_noise_std": 0.05,
+    "dropout": 0.1,
+    "inflate_range": (0.02, 0.06),
+    "carry_object": 0.4,
+    "occluder": 0.3,
+    "distance_range": (4.0, 18.0),
+}
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    import torch
+
+    from kp3d_ros.synth.person import DomainConfig
+    from kp3d_ros.synth.sequence import write_sequences
+
+    torch.set_num_threads(1)
+    config = DomainConfig(**TARGET_DOMAIN)
+    root = Path(args.root)
+    for name, num, seed in (("target_test", args.test, 7002), ("target_train", args.train, 7001),
+                            ("target_test_big", args.big_test, 7003), ("target_train_big", args.big_train, 7004)):
+        if num <= 0:
+            continue
+        write_sequences(root / name, num, args.frames, seed, config, workers=args.workers, shard_size=8)
+    (root / "target_domain.json").write_text(json.dumps(TARGET_DOMAIN, indent=1))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from kp3d_ros.train.stage2 import evaluate_sequences
+
+    for ckpt in args.checkpoints:
+        print(ckpt, json.dumps(evaluate_sequences(ckpt, args.data, seed=0)))
+    return 0
+
+
+def cmd_bandwidth(args: argparse.Namespace) -> int:
+    """L_sym with true joints and true (one-hot) parts against the same with joints moved by 5 cm, per h."""
+    import numpy as np
+    import torch
+
+    from kp3d_ros import losses
+    from kp3d_ros.skeleton import NUM_CLASSES
+    from kp3d_ros.synth.sequence import SequenceDataset
+
+    torch.set_num_threads(1)
+    data = SequenceDataset(args.data)
+    rng = np.random.default_rng(0)
+    pts, parts, joints = [], [], []
+    for i in range(min(args.sequences, len(data))):
+        f = data[i][0]
+        idx = rng.choice(len(f.points), 256, replace=len(f.points) < 256)
+        centre = f.points.mean(0)
+        pts.append(f.points[idx] - centre)
+        parts.append(f.parts[idx])
+        joints.append(f.joints - centre)
+    P = torch.tensor(np.stack(pts))
+    probs = torch.nn.functional.one_hot(torch.tensor(np.stack(parts)), NUM_CLASSES).float() * 0.98 + 0.02 / NUM_CLASSES
+    J = torch.tensor(np.stack(joints))
+    print("| h (m) | L_sym, true joints | L_sym, joints + 5 cm noise | ratio | samples where noise raises L_sym |")
+    print("|---|---|---|---|---|")
+    draws = [J + torch.tensor(rng.normal(0, 0.05 / np.sqrt(3), J.shape), dtype=torch.float32) for _ in range(3)]
+    for h in (0.02, 0.05, 0.1, 0.2, 0.4, 1.0):
+        true = torch.stack([losses.symmetry_loss(P[i:i + 1], J[i:i + 1], probs[i:i + 1], h) for i in range(len(P))])
+        moved = torch.stack([torch.stack([losses.symmetry_loss(P[i:i + 1], d[i:i + 1], probs[i:i + 1], h)
+                                          for i in range(len(P))]) for d in draws])
+        share = float((moved > true[None]).float().mean())
+        print(f"| {h} | {float(true.mean()):.3e} | {float(moved.mean()):.3e} | {float(moved.mean() / true.mean()):.2f} "
+              f"| {share:.2f} |")
+    return 0
+
+
+def cmd_alignment(args: argparse.Namespace) -> int:
+    """Each Stage II loss at the true joints and parts against the model's predictions (target pairs)."""
+    import numpy as np
+    import torch
+
+    from kp3d_ros import losses
+    from kp3d_ros.model.checkpoint import load_model
+    from kp3d_ros.skeleton import NUM_CLASSES
+    from kp3d_ros.synth.sequence import SequenceDataset
+    from kp3d_ros.train.pairs import PairSample, collate_pairs
+
+    torch.set_num_threads(1)
+    model, meta = load_model(args.checkpoint)
+    data = SequenceDataset(args.data)
+    samples, parts_t, parts_t1 = [], [], []
+    for i in range(min(args.sequences, len(data))):
+        frames = data[i]
+        for t in range(len(frames) - 1):
+            a, b = frames[t], frames[t + 1]
+            samples.append(PairSample(a.points, b.points, a.flow, b.backward_flow, i, a.joints, b.joints))
+            parts_t.append(a.parts)
+            parts_t1.append(b.parts)
+    rng = np.random.default_rng(0)
+    # collate with the same rng draws to recover which original points were sampled
+    from kp3d_ros.model.preprocess import sample_indices
+
+    n = int(meta["num_points"])
+    idx_rng = np.random.default_rng(0)
+    idx_t, idx_t1 = [], []
+    for s in samples:
+        idx_t.append(sample_indices(len(s.src), n, idx_rng))
+        idx_t1.append(sample_indices(len(s.dst), n, idx_rng))
+    prepared = collate_pairs(samples, n, rng)
+    batch = prepared.batch
+    onehot = torch.nn.functional.one_hot
+    true_logits_t = 20.0 * onehot(torch.tensor(np.stack([p[i] for p, i in zip(parts_t, idx_t, strict=True)])),
+                                  NUM_CLASSES).float()
+    true_logits_t1 = 20.0 * onehot(torch.tensor(np.stack([p[i] for p, i in zip(parts_t1, idx_t1, strict=True)])),
+                                   NUM_CLASSES).float()
+    true_kp_t = torch.tensor(prepared.joints_t, dtype=torch.float32)
+    true_kp_t1 = torch.tensor(prepared.joints_t1, dtype=torch.float32)
+    with torch.no_grad():
+        kp_t, lg_t = model(batch.points_t)
+        kp_t1, lg_t1 = model(batch.points_t1)
+    w = losses.LossWeights(seg=0.0)
+    rows = {
+        "true joints, true parts": (true_kp_t, true_logits_t, true_kp_t1, true_logits_t1),
+        "true joints, predicted parts": (true_kp_t, lg_t, true_kp_t1, lg_t1),
+        "predicted joints, true parts": (kp_t, true_logits_t, kp_t1, true_logits_t1),
+        "predicted joints and parts": (kp_t, lg_t, kp_t1, lg_t1),
+    }
+    print(f"{len(samples)} pairs of {min(args.sequences, len(data))} sequences ({args.data}), true flow")
+    print("| joints / parts | L_flow | L_p2l | L_sym | L_j2p | weighted total |\n|---|---|---|---|---|---|")
+    for name, (a, b, c, d) in rows.items():
+        with torch.no_grad():
+            total, parts = losses.stage2_loss(batch, a, b, c, d, w)
+        print(f"| {name} | {parts['flow']:.4f} | {parts['p2l']:.4f} | {parts['sym']:.2e} | {parts['j2p']:.4f} "
+              f"| {float(total):.4f} |")
+    return 0
+
+
+def _latencies(backend, crops, seconds: float, feed=None) -> list[float]:
+    import time
+
+    out, end, i = [], time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        start = time.perf_counter()
+        backend.infer(crops)
+        out.append(time.perf_counter() - start)
+        if feed is not None:
+            feed(i)
+        i += 1
+        time.sleep(max(0.0, 0.1 - (time.perf_counter() - start)))  # a 10 Hz sensor
+    return out
+
+
+def cmd_adapt_bench(args: argparse.Namespace) -> int:
+    """Inference latency (ONNX Runtime, 1 thread) without and with the online adapter running."""
+    import numpy as np
+
+    from kp3d_ros.adaptation import OnlineAdapter
+    from kp3d_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from kp3d_ros.core.params import defaults
+    from kp3d_ros.model.export import export_checkpoint
+    from kp3d_ros.model.preprocess import prepare_batch
+    from kp3d_ros.synth.sequence import SequenceDataset
+
+    onnx = Path(args.out_dir) / "adapt_bench.onnx"
+    onnx.parent.mkdir(parents=True, exist_ok=True)
+    export_checkpoint(args.checkpoint, onnx)
+    backend = OnnxRuntimeBackend(onnx, max_batch=args.people, threads=1)
+    data = SequenceDataset(args.data)
+    frames = [f for i in range(min(len(data), 40)) for f in data[i]]
+    pairs = [(i, frames[i].points, frames[i + 1].points, -frames[i + 1].backward_flow) for i in range(len(frames) - 1)
+             if i % len(data[0]) != len(data[0]) - 1]
+    crops = prepare_batch([f.points for f in frames[: args.people]], backend.num_points,
+                          np.random.default_rng(0)).points
+    backend.warm_up()
+    rows = []
+    base = _latencies(backend, crops, args.seconds)
+    params = defaults() | {"adaptation.learning_rate": 1e-5, "adaptation.batch_size": 8,
+                           "adaptation.min_interval_s": 5.0}
+    adapter = OnlineAdapter(args.checkpoint, backend, params)
+
+    def feed(i: int) -> None:
+        for k in range(args.people):  # one pair per person per frame, as the node submits
+            adapter.submit(*pairs[(i * args.people + k) % len(pairs)])
+
+    try:
+        adapted = _latencies(backend, crops, args.seconds, feed)
+    finally:
+        adapter.close()
+    state = adapter.state()
+    again = _latencies(backend, crops, args.seconds)
+    for name, lat in (("without adaptation", base), ("with adaptation running", adapted),
+                      ("without adaptation (again)", again)):
+        ms = 1e3 * np.asarray(lat)
+        rows.append(f"| {name} | {len(ms)} | {np.median(ms):.2f} | {np.percentile(ms, 95):.2f} | {ms.mean():.2f} |")
+    print(f"{args.people} people per frame, N = {backend.num_points}, ONNX Runtime CPU 1 thread, "
+          f"{args.seconds:.0f} s each at 10 Hz")
+    print("| run | frames | median (ms) | p95 (ms) | mean (ms) |\n|---|---|---|---|---|\n" + "\n".join(rows))
+    print("adapter state after the run:", {k: state[k] for k in ("steps", "swaps", "rollbacks", "dropped",
+                                                                  "buffer", "last_loss", "last_swap_s")})
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("data")
+    d.add_argument("--root", default="data/stage2")
+    d.add_argument("--train", type=int, default=200)
+    d.add_argument("--test", type=int, default=40)
+    d.add_argument("--big-test", type=int, default=0, help="a larger test set (target_test_big)")
+    d.add_argument("--big-train", type=int, default=0, help="a larger training set (target_train_big)")
+    d.add_argument("--frames", type=int, default=8)
+    d.add_argument("--workers", type=int, default=1)
+    e = sub.add_parser("eval")
+    e.add_argument("--data", default="data/stage2/target_test")
+    e.add_argument("checkpoints", nargs="+")
+    b = sub.add_parser("bandwidth")
+    b.add_argument("--data", default="data/stage2/target_test")
+    b.add_argument("--sequences", type=int, default=40)
+    a = sub.add_parser("adapt-bench")
+    a.add_argument("--checkpoint", default="models/kp3d_stage1.pt")
+    a.add_argument("--data", default="data/stage2/target_test")
+    a.add_argument("--people", type=int, default=5)
+    a.add_argument("--seconds", type=float, default=30.0)
+    a.add_argument("--out-dir", default="runs/stage2")
+    g = sub.add_parser("alignment")
+    g.add_argument("--checkpoint", default="models/kp3d_stage1.pt")
+    g.add_argument("--data", default="data/stage2/target_test")
+    g.add_argument("--sequences", type=int, default=40)
+    args = parser.parse_args()
+    commands = {"data": cmd_data, "eval": cmd_eval, "bandwidth": cmd_bandwidth, "adapt-bench": cmd_adapt_bench,
+                "alignment": cmd_alignment}
+    return commands[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

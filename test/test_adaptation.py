@@ -1,0 +1,129 @@
+"""Online adaptation: steps on a small buffer, weight swaps into a real ONNX Runtime backend, rollback
+on an implausible update, and a submit that never blocks."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from test_losses import cylinder_body, rot_z, standing_joints
+
+from kp3d_ros.adaptation import OnlineAdapter
+from kp3d_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+from kp3d_ros.core.params import defaults
+from kp3d_ros.model.checkpoint import save_checkpoint
+from kp3d_ros.model.export import export_checkpoint
+from kp3d_ros.model.network import build_model
+
+NUM_POINTS = 64
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("adapt")
+    model = build_model({"dim": 16, "depth": 1, "heads": 2, "mlp_ratio": 2})
+    save_checkpoint(root / "m.pt", model, {"num_points": NUM_POINTS})
+    export_checkpoint(root / "m.pt", root / "m.onnx")
+    return root / "m.pt", root / "m.onnx"
+
+
+def params(**changes) -> dict:
+    p = defaults()
+    p.update({"adaptation.learning_rate": 1e-3, "adaptation.batch_size": 4, "adaptation.buffer_size": 16,
+              "adaptation.min_interval_s": 0.0})
+    p.update(changes)
+    return p
+
+
+def person_pair(rng: np.random.Generator, track: int = 1):
+    """A cylinder person at t and moved by 10 cm (+ a small turn) at t+1, with its exact motion."""
+    joints = standing_joints() + np.array([8.0, rng.uniform(-1, 1), -1.9])
+    points, _ = cylinder_body(joints, per_limb=8, seed=int(rng.integers(1 << 30)))
+    centre = joints.mean(0)
+    R = rot_z(rng.uniform(-0.2, 0.2))
+    moved = (points - centre) @ R.T + centre + [0.1, 0.0, 0.0]
+    return track, points.astype(np.float32), moved.astype(np.float32), (moved - points).astype(np.float32)
+
+
+def probe(backend) -> np.ndarray:
+    rng = np.random.default_rng(9)
+    return backend.infer(rng.normal(0, 0.3, (2, NUM_POINTS, 3)).astype(np.float32)).keypoints
+
+
+def test_steps_and_swap_change_backend_outputs(model_files, tmp_path):
+    pt, onnx = model_files
+    backend = OnnxRuntimeBackend(onnx, max_batch=4)
+    adapter = OnlineAdapter(pt, backend, params(**{"adaptation.checkpoint_dir": str(tmp_path)}), start=False)
+    rng = np.random.default_rng(0)
+    for _ in range(15):
+        assert adapter.submit(*person_pair(rng))
+    state = adapter.state()
+    assert state["held_back"] == 3 and state["buffer"] == 12
+    before = probe(backend)
+    assert adapter.step() and adapter.step() and adapter.step()
+    assert not adapter.step()  # buffer used up
+    assert adapter.state()["steps"] == 3 and np.isfinite(adapter.state()["last_loss"])
+    # loose guards here: this test is about the swap itself
+    adapter._acceptable = lambda candidate, good: (bool(candidate["finite"]), "ok")
+    assert adapter.consider_swap(force=True)
+    after = probe(backend)
+    assert adapter.state()["swaps"] == 1
+    assert np.abs(after - before).max() > 1e-5
+    # the backend now runs exactly the torch model's new weights
+    x = np.random.default_rng(9).normal(0, 0.3, (2, NUM_POINTS, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = adapter.model(torch.from_numpy(x))[0].numpy()
+    assert np.allclose(after, expected, atol=1e-4)
+    assert (tmp_path / "adapted_last.pt").is_file()
+
+
+def test_implausible_update_is_rolled_back(model_files):
+    pt, onnx = model_files
+    backend = OnnxRuntimeBackend(onnx, max_batch=4)
+    adapter = OnlineAdapter(pt, backend, params(), start=False)
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        adapter.submit(*person_pair(rng))
+    good = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    before = probe(backend)
+    with torch.no_grad():  # a corrupted update: votes thrown metres away
+        last = adapter.model.vote_head[-1]
+        last.bias.add_(torch.randn_like(last.bias) * 5.0)
+    adapter._steps_since_swap = 1
+    assert not adapter.consider_swap(force=True)
+    assert adapter.state()["rollbacks"] == 1 and adapter.state()["swaps"] == 0
+    assert np.array_equal(probe(backend), before)  # the backend never saw the bad weights
+    for k, v in adapter.model.state_dict().items():
+        assert torch.equal(v, good[k])
+
+
+def test_submit_never_blocks_and_drops_oldest(model_files):
+    pt, onnx = model_files
+    backend = OnnxRuntimeBackend(onnx, max_batch=4)
+    adapter = OnlineAdapter(pt, backend, params(**{"adaptation.buffer_size": 8}), start=True)
+    try:
+        rng = np.random.default_rng(2)
+        items = [person_pair(rng, track=i % 3) for i in range(60)]
+        worst = 0.0
+        for item in items:
+            start = time.perf_counter()
+            adapter.submit(*item)
+            worst = max(worst, time.perf_counter() - start)
+        assert worst < 0.05  # appends only, even while the worker is stepping
+        state = adapter.state()
+        assert state["buffer"] <= 8
+        assert state["dropped"] > 0
+        # bad input is counted, not raised
+        assert not adapter.submit(1, np.zeros((3, 3)), np.zeros((20, 3)), np.zeros((20, 3)))
+        assert not adapter.submit(1, np.zeros((20, 3)), np.zeros((20, 3)), np.zeros((19, 3)))
+        assert adapter.state()["rejected"] == 2
+        deadline = time.monotonic() + 30
+        while adapter.state()["steps"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert adapter.state()["steps"] >= 1 and adapter.state()["running"]
+    finally:
+        adapter.close()
+    assert not adapter.state()["running"]

@@ -1,0 +1,183 @@
+"""Known-answer tests of the GC-KPL losses on a body made of perfect cylinders around its limbs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kp3d_ros import losses
+from kp3d_ros import skeleton as sk
+
+RADIUS = 0.06
+
+
+def standing_joints() -> np.ndarray:
+    """A standing person (14, 3), arms hanging slightly apart, metres."""
+    j = {
+        "nose": (0.08, 0.0, 1.62), "head_center": (0.0, 0.0, 1.65),
+        "left_shoulder": (0.0, 0.18, 1.45), "left_elbow": (0.02, 0.25, 1.17), "left_wrist": (0.1, 0.28, 0.95),
+        "right_shoulder": (0.0, -0.18, 1.45), "right_elbow": (0.02, -0.25, 1.17),
+        "right_wrist": (0.1, -0.28, 0.95),
+        "left_hip": (0.0, 0.1, 0.95), "left_knee": (0.05, 0.11, 0.53), "left_ankle": (0.0, 0.12, 0.12),
+        "right_hip": (0.0, -0.1, 0.95), "right_knee": (0.05, -0.11, 0.53), "right_ankle": (0.0, -0.12, 0.12),
+    }
+    return np.array([j[n] for n in sk.JOINT_NAMES], dtype=np.float64)
+
+
+def cylinder_body(joints: np.ndarray, per_limb: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Points (L * per_limb, 3) on a cylinder of RADIUS around each limb's middle 80 %, and their parts."""
+    rng = np.random.default_rng(seed)
+    a, b = sk.limb_endpoints(joints)
+    pts, parts = [], []
+    for limb in range(sk.NUM_LIMBS):
+        axis = b[limb] - a[limb]
+        u = axis / np.linalg.norm(axis)
+        e1 = np.cross(u, [1.0, 0.0, 0.0] if abs(u[0]) < 0.9 else [0.0, 1.0, 0.0])
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(u, e1)
+        s = rng.uniform(0.1, 0.9, per_limb)
+        th = rng.uniform(0, 2 * np.pi, per_limb)
+        p = a[limb] + s[:, None] * axis + RADIUS * (np.cos(th)[:, None] * e1 + np.sin(th)[:, None] * e2)
+        pts.append(p)
+        parts.append(np.full(per_limb, sk.LIMB_PART[limb]))
+    return np.concatenate(pts), np.concatenate(parts)
+
+
+def one_hot_logits(parts: np.ndarray, sharpness: float = 20.0) -> torch.Tensor:
+    logits = torch.zeros(len(parts), sk.NUM_CLASSES, dtype=torch.float64)
+    logits[torch.arange(len(parts)), torch.from_numpy(parts)] = sharpness
+    return logits
+
+
+def rot_z(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+@pytest.fixture()
+def body():
+    joints = standing_joints()
+    points, parts = cylinder_body(joints)
+    t = lambda x: torch.from_numpy(x)[None]  # noqa: E731
+    return t(joints), t(points), one_hot_logits(parts)[None], parts
+
+
+def test_symmetry_zero_on_cylinders_and_grows_off_axis(body):
+    joints, points, logits, _ = body
+    probs = logits.softmax(-1)
+    on_axis = losses.symmetry_loss(points, joints, probs).item()
+    assert on_axis < 1e-6
+    previous = on_axis
+    for shift in (0.02, 0.04, 0.08):
+        moved = joints.clone()
+        moved[0, :, 0] += shift  # every limb off its cylinder's axis
+        value = losses.symmetry_loss(points, moved, probs).item()
+        assert value > previous
+        previous = value
+
+
+def test_points_to_limb_equals_radius_and_grows(body):
+    joints, points, logits, _ = body
+    probs = logits.softmax(-1)
+    base = losses.points_to_limb_loss(points, joints, probs).item()
+    # each limb owns 1/L of the points, so the mean over limbs of 1/N sum W d is RADIUS / L
+    assert base == pytest.approx(RADIUS / sk.NUM_LIMBS, rel=0.02)
+    far = joints.clone()
+    far[0, :, 1] += 0.15
+    assert losses.points_to_limb_loss(points, far, probs).item() > 2 * base
+
+
+def test_flow_loss_zero_for_exact_rigid_flow(body):
+    joints, points, logits, _ = body
+    probs = logits.softmax(-1)
+    R, t = torch.from_numpy(rot_z(0.3)), torch.tensor([0.12, -0.05, 0.01], dtype=torch.float64)
+    joints1 = joints @ R.T + t
+    points1 = points @ R.T + t  # same surface points, moved
+    exact = losses.flow_loss(points, points1, joints, probs, points1, points, joints1, probs).item()
+    assert exact < 1e-6
+    wrong = losses.flow_loss(points, points, joints, probs, points1, points1, joints1, probs).item()
+    assert wrong > 0.003
+    noisy = points1 + 0.03 * torch.randn_like(points1)
+    assert losses.flow_loss(points, noisy, joints, probs, points1, points, joints1, probs).item() > exact
+
+
+def test_gradients_reach_keypoints_and_segmentation(body):
+    joints, points, logits, parts = body
+    joints = (joints + 0.01).requires_grad_(True)
+    logits = logits.clone().mul(0.1).requires_grad_(True)
+    batch = losses.PairBatch(points_t=points, points_t1=points + 0.1, carried_t=points + 0.1, carried_t1=points,
+                             labels_t=torch.from_numpy(parts)[None], labels_t1=torch.from_numpy(parts)[None])
+    total, parts_out = losses.stage2_loss(batch, joints, logits, joints + 0.1, logits)
+    total.backward()
+    assert set(parts_out) == {"flow", "p2l", "sym", "j2p", "seg"}
+    assert torch.isfinite(joints.grad).all() and joints.grad.abs().sum() > 0
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_joint_to_part_zero_at_centroid(body):
+    joints, points, logits, parts = body
+    probs = logits.softmax(-1)
+    head = torch.from_numpy(parts == sk.PART_INDEX["head"])
+    centred = joints.clone()
+    centred[0, sk.JOINT_INDEX["head_center"]] = points[0, head].mean(0)
+    assert losses.joint_to_part_loss(points, centred, probs).item() < 1e-3
+    assert losses.joint_to_part_loss(points, joints, probs).item() > 0.05
+
+
+def test_bone_consistency_zero_for_constant_lengths():
+    joints = torch.from_numpy(standing_joints())
+    frames = torch.stack([joints @ torch.from_numpy(rot_z(a)).T + a for a in (0.0, 0.5, 1.0, 2.0)])
+    track = torch.tensor([7, 7, 7, 7])
+    assert losses.bone_consistency_loss(frames, track).item() < 1e-12
+    stretched = frames.clone()
+    stretched[2, sk.JOINT_INDEX["left_wrist"]] += torch.tensor([0.0, 0.0, -0.1], dtype=torch.float64)
+    assert losses.bone_consistency_loss(stretched, track).item() > 1e-5
+    # different people may have different lengths: no penalty across tracks
+    assert losses.bone_consistency_loss(stretched, torch.tensor([1, 1, 2, 1])).item() < 1e-12
+
+
+def test_group_variance_and_plausibility():
+    joints = torch.from_numpy(standing_joints())[None]
+    base = losses.bone_group_variance_loss(joints).item()
+    broken = joints.clone()
+    broken[0, sk.JOINT_INDEX["left_wrist"]] += torch.tensor([0.0, 0.0, -0.5], dtype=torch.float64)
+    assert losses.bone_group_variance_loss(broken).item() > base + 0.01
+    good = losses.skeleton_plausibility(joints)
+    bad = losses.skeleton_plausibility(broken)
+    assert good["bones_in_range"] == 1.0
+    assert bad["bones_in_range"] < 1.0 and bad["left_right_mismatch"] > good["left_right_mismatch"]
+
+
+def test_pseudo_labels(body):
+    joints, points, _, parts = body
+    labels = losses.nearest_limb_labels(points, joints)[0].numpy()
+    assert (labels == parts).mean() > 0.9
+    probs = torch.softmax(torch.randn(1, 50, sk.NUM_CLASSES), -1)
+    conf = losses.confident_labels(probs, threshold=0.5)
+    assert ((conf == -1) == (probs.max(-1).values < 0.5)).all()
+    assert losses.segmentation_loss(torch.randn(1, 50, sk.NUM_CLASSES), torch.full((1, 50), -1)).item() == 0.0
+
+
+def test_loss_weights_reject_unknown_names():
+    assert losses.LossWeights.from_dict({"flow": 0.1}).flow == 0.1
+    with pytest.raises(ValueError, match="unknown"):
+        losses.LossWeights.from_dict({"flw": 0.1})
+
+
+def test_symmetry_top_points_matches_full(body):
+    joints, points, logits, _ = body
+    probs = (logits * 0.4).softmax(-1)  # confident but not one-hot: every point weighs a little on every limb
+    moved = joints.clone()
+    moved[0, :, 0] += 0.04
+    full = losses.symmetry_loss(points, moved, probs, max_points=None).item()
+    fast = losses.symmetry_loss(points, moved, probs, max_points=64).item()
+    assert fast == pytest.approx(full, rel=0.1)
+
+
+def test_joint_to_part_ignores_unseen_parts(body):
+    joints, points, logits, _ = body
+    probs = logits.softmax(-1)
+    no_head = probs.clone()
+    no_head[..., sk.PART_INDEX["head"]] = 0.0  # the head is not seen
+    assert losses.joint_to_part_loss(points, joints, no_head).item() == 0.0
