@@ -92,25 +92,28 @@ def bag() -> Path:
 @pytest.fixture(scope="module")
 def ros():
     rclpy.init()
-    params = load_params(overrides={"camera.enabled": True})
-    node = make_node(params, use_sim_time=True)
-    assert node is not None
-    probe = Probe()
-    player_node = Node("kp3d_test_replay")
-    executor = MultiThreadedExecutor(num_threads=3)
-    for n in (node, probe.node, player_node):
-        executor.add_node(n)
-    stop = threading.Event()
-    spinner = threading.Thread(target=lambda: [executor.spin_once(0.05) for _ in iter(stop.is_set, True)],
-                               daemon=True)
-    spinner.start()
-    yield node, probe, player_node
-    stop.set()
-    spinner.join(5)
-    executor.shutdown()
-    for n in (node, probe.node, player_node):
-        n.destroy_node()
-    rclpy.shutdown()
+    try:
+        params = load_params(overrides={"camera.enabled": True})
+        node = make_node(params, use_sim_time=True)
+        assert node is not None, "kp3d_node did not start (see its log above)"
+        probe = Probe()
+        player_node = Node("kp3d_test_replay")
+        executor = MultiThreadedExecutor(num_threads=3)
+        for n in (node, probe.node, player_node):
+            executor.add_node(n)
+        stop = threading.Event()
+        spinner = threading.Thread(target=lambda: [executor.spin_once(0.05) for _ in iter(stop.is_set, True)],
+                                   daemon=True)
+        spinner.start()
+        yield node, probe, player_node
+        stop.set()
+        spinner.join(5)
+        executor.shutdown()
+        for n in (node, probe.node, player_node):
+            n.destroy_node()
+    finally:
+        # A failed start must not leave the context initialised for the next module's rclpy.init().
+        rclpy.try_shutdown()
 
 
 def _wait(predicate, timeout: float = 10.0) -> bool:

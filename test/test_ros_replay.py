@@ -48,13 +48,15 @@ def _write_bag(path, storage: StoragePlugin) -> None:
 @pytest.fixture(scope="module")
 def ros():
     rclpy.init()
-    node = Node("kp3d_test_replay_probe")
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    yield node, executor
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.shutdown()
+    try:
+        node = Node("kp3d_test_replay_probe")
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        yield node, executor
+        executor.shutdown()
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown()
 
 
 def test_message_class_lookup():
