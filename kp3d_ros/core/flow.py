@@ -8,10 +8,11 @@ the estimator returns a flow vector per src point:
 3. a few piecewise-rigid iterations: src is split into ~8 patches (farthest-point seeds, nearest
    seed), and every patch gets its own rigid transform, all solved at once by a batched Kabsch on
    forward (src -> nearest dst) and backward (dst -> nearest moved src) correspondences. Patches with
-   too few correspondences keep their transform. Optional: blending of neighbouring patches'
-   transforms (off by default) and k-NN smoothing of the final flow (2 passes by default).
+   too few correspondences keep their transform. Then k-NN smoothing of the final flow (2 passes).
 
-One k-d tree for dst per call, one for the moved points per iteration; the rest is array arithmetic.
+Several people are solved at once (estimate_many): their clouds are packed into one array, shifted
+far apart, so one k-d tree query and one batched Kabsch per iteration serve everyone. One k-d tree for
+dst per call, one for the moved points per iteration; the rest is array arithmetic.
 """
 
 from __future__ import annotations
@@ -82,20 +83,46 @@ def _checked_cloud(name: str, cloud: np.ndarray) -> np.ndarray:
     return cloud
 
 
+def group_median(values: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
+    """Median of `values` per group label (groups,); NaN for an empty group."""
+    order = np.lexsort((values, group))
+    counts = np.bincount(group, minlength=groups)
+    starts = np.cumsum(counts) - counts
+    low = np.minimum(starts + (counts - 1) // 2, len(values) - 1)
+    high = np.minimum(starts + counts // 2, len(values) - 1)
+    sorted_values = values[order]
+    return np.where(counts > 0, 0.5 * (sorted_values[low] + sorted_values[high]), np.nan)
+
+
+class _Packed:
+    """Several clouds in one array, each shifted far apart along x for k-d tree queries, so that one tree
+    and one query serve every cloud: a nearest neighbour is always found in the point's own cloud."""
+
+    def __init__(self, clouds: Sequence[np.ndarray], spacing: float) -> None:
+        self.points = np.concatenate(clouds)
+        self.sizes = np.array([len(c) for c in clouds])
+        self.group = np.repeat(np.arange(len(clouds)), self.sizes)
+        self.shift = np.zeros((len(clouds), 3))
+        self.shift[:, 0] = spacing * np.arange(len(clouds))
+
+    def split(self, values: np.ndarray) -> list[np.ndarray]:
+        return np.split(values, np.cumsum(self.sizes)[:-1])
+
+
 class FlowEstimator:
-    """Scene flow between two point clouds of one person (see the module docstring).
+    """Scene flow between two point clouds of one person (see the module docstring); estimate_many()
+    solves several people at once (one k-d tree query and one batched Kabsch per iteration for all).
 
     iterations: piecewise-rigid iterations (0: rigid only); rigid_iterations: global ICP iterations;
     patches / min_patch_points: patch count and fewest correspondences to update a patch; backward:
-    use dst -> src correspondences too; blend: patches blended per point; smoothing_steps / neighbours:
-    k-NN averaging passes of the final flow; max_distance (m): farther correspondences are ignored;
-    rigid_points: subset size used by the global ICP.
+    use dst -> src correspondences too; smoothing_steps / neighbours: k-NN averaging passes of the final
+    flow; max_distance (m): farther correspondences are ignored; rigid_points: subset size used by the
+    global ICP.
     """
 
     def __init__(self, iterations: int = 5, rigid_iterations: int = 10, neighbours: int = 8,
                  smoothing_steps: int = 2, max_distance: float = 0.3, rigid_points: int = 384,
-                 patches: int = 8, min_patch_points: int = 12, backward: bool = True, blend: int = 1,
-                 seed: int = 0) -> None:
+                 patches: int = 8, min_patch_points: int = 12, backward: bool = True, seed: int = 0) -> None:
         if iterations < 0 or rigid_iterations < 0:
             raise ValueError("iterations must be >= 0")
         if neighbours < 1:
@@ -111,103 +138,126 @@ class FlowEstimator:
         self.patches = int(patches)
         self.min_patch_points = int(min_patch_points)
         self.backward = bool(backward)
-        self.blend = max(1, int(blend))
+        self.converged = 1e-4  # rigid ICP stops once no rotation entry or translation (m) changes by more
         self._rng = np.random.default_rng(seed)
 
     # -- stages ---------------------------------------------------------------------------------
-    def _rigid(self, src: np.ndarray, dst: np.ndarray, dst_tree: cKDTree,
-               t0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rotation and translation of src after ICP started from translation t0."""
-        R = np.eye(3)
+    def _trim_weights(self, dist: np.ndarray, person: np.ndarray, people: int) -> np.ndarray:
+        """1 for pairs within max_distance and within 3x their person's median distance, else 0."""
+        limit = np.minimum(self.max_distance, 3.0 * group_median(dist, person, people) + 1e-3)
+        return (dist <= limit[person]).astype(np.float64)
+
+    def _rigid(self, src: _Packed, dst: _Packed, dst_tree: cKDTree, t0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per person, rotation (G, 3, 3) and translation (G, 3) of src after trimmed ICP from translation t0."""
+        G = len(src.sizes)
+        R = np.repeat(np.eye(3)[None], G, axis=0)
         t = t0.copy()
-        sub = src
-        if len(src) > self.rigid_points:
-            sub = src[self._rng.choice(len(src), self.rigid_points, replace=False)]
+        starts = np.cumsum(src.sizes) - src.sizes
+        chosen = [start + (self._rng.choice(size, self.rigid_points, replace=False) if size > self.rigid_points
+                           else np.arange(size)) for start, size in zip(starts, src.sizes, strict=True)]
+        sub_idx = np.concatenate(chosen)
+        sub, group = src.points[sub_idx], src.group[sub_idx]
         for _ in range(self.rigid_iterations):
-            moved = sub @ R.T + t
-            dist, idx = dst_tree.query(moved, k=1)
-            # trim: pairs beyond max_distance or beyond 3x the median distance do not vote
-            limit = min(self.max_distance, 3.0 * float(np.median(dist)) + 1e-3)
-            keep = dist <= limit
-            if keep.sum() < 3:
+            moved = np.einsum("mij,mj->mi", R[group], sub) + t[group]
+            dist, idx = dst_tree.query(moved + src.shift[group], k=1)
+            w = self._trim_weights(dist, group, G)
+            R_new, t_new = kabsch_batched(sub, dst.points[idx], group, w, G)
+            ok = np.bincount(group, w, minlength=G) >= 3
+            change = max(np.abs(R_new[ok] - R[ok]).max(initial=0.0), np.abs(t_new[ok] - t[ok]).max(initial=0.0))
+            R[ok], t[ok] = R_new[ok], t_new[ok]
+            if change < self.converged:
                 break
-            R, t = kabsch(sub[keep], dst[idx[keep]])
         return R, t
 
-    def _patch_rigid(self, src: np.ndarray, R: np.ndarray, t: np.ndarray, dst: np.ndarray,
-                     dst_tree: cKDTree) -> np.ndarray:
-        """Flow (M, 3) after per-patch ICP started from the global transform (R, t), smoothed on src's k-NN graph."""
-        M = len(src)
-        P = max(1, min(self.patches, M // max(self.min_patch_points, 1)))
-        seeds = farthest_point_seeds(src, P)
-        kb = min(self.blend, P)
-        seed_dist, near = cKDTree(src[seeds]).query(src, k=kb)
-        seed_dist, near = seed_dist.reshape(M, kb), near.reshape(M, kb)
-        label = near[:, 0]
-        Rs = np.repeat(R[None], P, axis=0)
-        ts = np.repeat(t[None], P, axis=0)
+    def _patches(self, src: _Packed) -> tuple[np.ndarray, np.ndarray]:
+        """Patch label per src point (M,) and the person of each patch (P,): farthest-point seeds per
+        person (at most `patches`, at least min_patch_points points per patch), points to the nearest seed."""
+        seeds, seed_person = [], []
+        for g, cloud in enumerate(src.split(src.points)):
+            count = max(1, min(self.patches, len(cloud) // max(self.min_patch_points, 1)))
+            seeds.append(cloud[farthest_point_seeds(cloud, count)] + src.shift[g])
+            seed_person.append(np.full(count, g))
+        _, label = cKDTree(np.concatenate(seeds)).query(src.points + src.shift[src.group], k=1)
+        return label, np.concatenate(seed_person)
+
+    def _patch_rigid(self, src: _Packed, R: np.ndarray, t: np.ndarray, dst: _Packed, dst_tree: cKDTree) -> np.ndarray:
+        """Flow (M, 3) after per-patch ICP started from each person's transform, smoothed on src's k-NN graph."""
+        G = len(src.sizes)
+        label, patch_person = self._patches(src)
+        P = len(patch_person)
+        Rs, ts = R[patch_person].copy(), t[patch_person].copy()
+        src_shifted = src.points + src.shift[src.group]
+        dst_shifted = dst.points + dst.shift[dst.group]
         for _ in range(self.iterations):
-            current = np.einsum("mij,mj->mi", Rs[label], src) + ts[label]
-            d_f, i_f = dst_tree.query(current, k=1)
-            pairs_src, pairs_dst, pairs_label, dists = [src], [dst[i_f]], [label], [d_f]
+            current = np.einsum("mij,mj->mi", Rs[label], src.points) + ts[label]
+            d_f, i_f = dst_tree.query(current + src.shift[src.group], k=1)
+            pairs_src, pairs_dst, pairs_label, dists = [src.points], [dst.points[i_f]], [label], [d_f]
             if self.backward:
-                d_b, i_b = cKDTree(current).query(dst, k=1)
-                pairs_src.append(src[i_b])
-                pairs_dst.append(dst)
+                d_b, i_b = cKDTree(current + src.shift[src.group]).query(dst_shifted, k=1)
+                pairs_src.append(src.points[i_b])
+                pairs_dst.append(dst.points)
                 pairs_label.append(label[i_b])
                 dists.append(d_b)
             ps, pd = np.concatenate(pairs_src), np.concatenate(pairs_dst)
             pl, dist = np.concatenate(pairs_label), np.concatenate(dists)
-            limit = min(self.max_distance, 3.0 * float(np.median(dist)) + 1e-3)
-            w = (dist <= limit).astype(np.float64)
+            w = self._trim_weights(dist, patch_person[pl], G)
             R_new, t_new = kabsch_batched(ps, pd, pl, w, P)
             enough = np.bincount(pl, w, minlength=P) >= self.min_patch_points
             Rs[enough], ts[enough] = R_new[enough], t_new[enough]
-        # blend the transforms of each point's nearest patches (soft boundaries between patches)
-        sigma = max(float(np.median(seed_dist[:, -1])), 1e-3) if kb > 1 else 1.0
-        w = np.exp(-((seed_dist - seed_dist[:, :1]) / sigma) ** 2)
-        w /= w.sum(1, keepdims=True)
-        moved = np.einsum("mkij,mj->mki", Rs[near], src) + ts[near]
-        flow = (w[..., None] * moved).sum(1) - src
+        flow = np.einsum("mij,mj->mi", Rs[label], src.points) + ts[label] - src.points
         if self.smoothing_steps > 0:
-            k = min(self.neighbours + 1, M)
-            _, graph = cKDTree(src).query(src, k=k)
-            graph = graph.reshape(M, k)
+            # k nearest neighbours within the point's own person (missing ones, in small clouds, are skipped)
+            _, graph = cKDTree(src_shifted).query(src_shifted, k=self.neighbours + 1,
+                                                   distance_upper_bound=0.25 * src.shift[1, 0] if G > 1 else np.inf)
+            graph = graph.reshape(len(src_shifted), -1)
+            valid = graph < len(src_shifted)
+            graph = np.where(valid, graph, 0)
+            count = valid.sum(1, keepdims=True)
             for _ in range(self.smoothing_steps):
-                flow = flow[graph].mean(1)
+                flow = (flow[graph] * valid[..., None]).sum(1) / count
         return flow
 
     # -- public API -----------------------------------------------------------------------------
     def estimate(self, src: np.ndarray, dst: np.ndarray, init_translation: np.ndarray | None = None) -> np.ndarray:
         """Forward flow (M, 3) float32 for every src point (M, 3) towards dst (K, 3)."""
-        src = _checked_cloud("src", src)
-        dst = _checked_cloud("dst", dst)
-        if init_translation is None:
-            t0 = dst.mean(0) - src.mean(0)
-        else:
-            t0 = np.asarray(init_translation, dtype=np.float64).reshape(3)
-            if not np.isfinite(t0).all():
-                t0 = dst.mean(0) - src.mean(0)
-        dst_tree = cKDTree(dst)
-        R, t = self._rigid(src, dst, dst_tree, t0) if self.rigid_iterations else (np.eye(3), t0)
-        if self.iterations == 0:
-            return (src @ R.T + t - src).astype(np.float32)
-        return self._patch_rigid(src, R, t, dst, dst_tree).astype(np.float32)
+        return self.estimate_many([(src, dst, init_translation)])[0]
 
     def estimate_pair(self, src: np.ndarray, dst: np.ndarray,
                       init_translation: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Forward flow of src (M, 3) and backward flow of dst (K, 3)."""
         back_init = None if init_translation is None else -np.asarray(init_translation, dtype=np.float64)
-        return self.estimate(src, dst, init_translation), self.estimate(dst, src, back_init)
+        forward, backward = self.estimate_many([(src, dst, init_translation), (dst, src, back_init)])
+        return forward, backward
 
     def estimate_many(self, pairs: Sequence[tuple]) -> list[np.ndarray]:
-        """Forward flow for each (src, dst) or (src, dst, init_translation) pair, e.g. one per track."""
-        out = []
-        for pair in pairs:
-            src, dst = pair[0], pair[1]
+        """Forward flow for each (src, dst) or (src, dst, init_translation) pair, e.g. one per track, all
+        solved together."""
+        if not pairs:
+            return []
+        srcs = [_checked_cloud("src", pair[0]) for pair in pairs]
+        dsts = [_checked_cloud("dst", pair[1]) for pair in pairs]
+        t0 = np.empty((len(pairs), 3))
+        for g, pair in enumerate(pairs):
             init = pair[2] if len(pair) > 2 else None
-            out.append(self.estimate(src, dst, init))
-        return out
+            t0[g] = dsts[g].mean(0) - srcs[g].mean(0)
+            if init is not None:
+                init = np.asarray(init, dtype=np.float64).reshape(3)
+                if np.isfinite(init).all():
+                    t0[g] = init
+        extent = max(max(np.abs(c).max() for c in srcs), max(np.abs(c).max() for c in dsts))
+        spacing = 4.0 * (extent + np.abs(t0).max() + self.max_distance) + 10.0
+        src, dst = _Packed(srcs, spacing), _Packed(dsts, spacing)
+        dst_tree = cKDTree(dst.points + dst.shift[dst.group])
+        G = len(pairs)
+        if self.rigid_iterations:
+            R, t = self._rigid(src, dst, dst_tree, t0)
+        else:
+            R, t = np.repeat(np.eye(3)[None], G, axis=0), t0
+        if self.iterations == 0:
+            flow = np.einsum("mij,mj->mi", R[src.group], src.points) + t[src.group] - src.points
+        else:
+            flow = self._patch_rigid(src, R, t, dst, dst_tree)
+        return [f.astype(np.float32) for f in src.split(flow)]
 
 
 def nearest_neighbour_flow(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
