@@ -9,14 +9,28 @@ Without `launch` installed, `kp3d run` does the same in one process.
 
 import os  # noqa: I001 (ruff takes the repo's launch/ folder for the first-party `launch`)
 
-from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from ament_index_python.packages import PackageNotFoundError, get_package_prefix, get_package_share_directory
+from launch import Condition, LaunchContext, LaunchDescription
+from launch.actions import DeclareLaunchArgument, LogInfo, SetEnvironmentVariable
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PythonExpression
+from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 PACKAGE = "kp3d_ros"
+
+
+def bag_given(context: LaunchContext) -> bool:
+    """Replay only with a bag. A predicate, not PythonExpression: that evaluates the path as Python source,
+    so a path with a quote in it (it's.mcap) is a SyntaxError that stops the whole launch."""
+    return bool(context.launch_configurations.get("bag", "").strip())
+
+
+def package_installed(package: str) -> bool:
+    try:
+        get_package_prefix(package)
+    except PackageNotFoundError:
+        return False
+    return True
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -58,16 +72,20 @@ def generate_launch_description() -> LaunchDescription:
         name="kp3d_replay",
         output="screen",
         arguments=[bag, "--clock", "--rate", LaunchConfiguration("rate"), "--wait-for-subscribers", "60"],
-        condition=IfCondition(PythonExpression(["'", bag, "' != ''"])),
+        condition=Condition(predicate=bag_given),
     )
-    rviz = Node(
-        package="rviz2",
-        executable="rviz2",
-        name="rviz2",
-        arguments=["-d", os.path.join(share, "rviz", "kp3d.rviz")],
-        parameters=[{"use_sim_time": use_sim_time}],
-        condition=IfCondition(LaunchConfiguration("rviz")),
-    )
+    rviz_wanted = IfCondition(LaunchConfiguration("rviz"))
+    if package_installed("rviz2"):
+        rviz = Node(
+            package="rviz2",
+            executable="rviz2",
+            name="rviz2",
+            arguments=["-d", os.path.join(share, "rviz", "kp3d.rviz")],
+            parameters=[{"use_sim_time": use_sim_time}],
+            condition=rviz_wanted,
+        )
+    else:  # a Node of a missing package aborts the launch after kp3d_node has started, and leaves it running
+        rviz = LogInfo(msg="rviz:=true, but rviz2 is not installed: running without RViz", condition=rviz_wanted)
     # Large clouds between processes (node, replay, RViz) need a larger Fast DDS shared-memory segment;
     # a profile the user already set wins.
     environment = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import re
+import types
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,49 @@ def test_launch_file_runs_installed_executables_and_files():
     assert {"params_file", "backend", "use_sim_time", "rviz", "bag", "points"} <= arguments
 
 
+def _launch_function(name: str, **names):
+    """A module-level function of the launch file, compiled on its own with `names` as its globals
+    (it must not need launch itself)."""
+    function = next(n for n in _launch_tree().body if isinstance(n, ast.FunctionDef) and n.name == name)
+    namespace: dict = {"LaunchContext": object, **names}
+    exec(compile(ast.Module(body=[function], type_ignores=[]), str(LAUNCH), "exec"), namespace)
+    return namespace[name]
+
+
+def _context(**configurations: str) -> types.SimpleNamespace:
+    return types.SimpleNamespace(launch_configurations=configurations)
+
+
+def test_replay_starts_for_any_bag_path_and_only_with_one():
+    bag_given = _launch_function("bag_given")
+    assert not bag_given(_context(bag="")) and not bag_given(_context(bag="  "))
+    for path in ("demo.mcap", "/tmp/it's here.mcap", 'a"b\\c.db3'):  # a quote once broke a PythonExpression
+        assert bag_given(_context(bag=path))
+    replay = next(n for n in ast.walk(_launch_tree()) if isinstance(n, ast.Call)
+                  and any(kw.arg == "executable" and getattr(kw.value, "value", None) == "kp3d_replay"
+                          for kw in n.keywords))
+    condition = next(kw.value for kw in replay.keywords if kw.arg == "condition")
+    assert "bag_given" in ast.unparse(condition)
+
+
+def test_rviz_is_started_only_when_installed():
+    """`rviz:=true` without rviz2 installed would abort the launch after kp3d_node started, leaving it running."""
+
+    def found(package: str) -> str:
+        return f"/opt/ros/kilted/{package}"
+
+    def absent(package: str) -> str:
+        raise KeyError(package)
+
+    for prefix, installed in ((found, True), (absent, False)):
+        package_installed = _launch_function("package_installed", get_package_prefix=prefix,
+                                             PackageNotFoundError=KeyError)
+        assert package_installed("rviz2") is installed
+    guard = next(n for n in ast.walk(_launch_tree()) if isinstance(n, ast.If)
+                 and ast.unparse(n.test) == "package_installed('rviz2')")
+    assert "rviz2" in ast.unparse(guard.body[0]) and "LogInfo" in ast.unparse(guard.orelse[0])
+
+
 def test_setup_installs_launch_config_rviz_and_models():
     setup = (ROOT / "setup.py").read_text()
     for folder in ("launch", "config", "rviz", "models"):
@@ -83,4 +127,6 @@ def test_launch_description_generates_with_real_launch():
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
     names = [type(entity).__name__ for entity in description.entities]
-    assert names.count("Node") == 3 and "DeclareLaunchArgument" in names
+    rviz2 = module.package_installed("rviz2")
+    assert names.count("Node") == (3 if rviz2 else 2) and "DeclareLaunchArgument" in names
+    assert rviz2 or "LogInfo" in names
