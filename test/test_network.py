@@ -62,9 +62,23 @@ def test_prepare_batch_resamples_and_centres():
     assert len(np.unique(batch.indices[0])) == 64  # subset without replacement
     assert set(batch.indices[1]) == set(range(20))  # every point kept, plus repeats
     np.testing.assert_allclose(batch.centres[0], big.mean(0), atol=1e-5)
-    np.testing.assert_allclose(batch.points[0], (big[batch.indices[0]] - big.mean(0)) / preprocess.SCALE, atol=1e-5)
+    # each crop is centred and turned about z by minus its centre's azimuth (about 0 and 90 degrees here)
+    for crop, points, rotation, idx in zip([big, small], batch.points, batch.rotations, batch.indices, strict=True):
+        azimuth = np.arctan2(*crop.mean(0)[[1, 0]])
+        c, s = np.cos(azimuth), np.sin(azimuth)
+        turn = np.array([[c, s, 0], [-s, c, 0], [0, 0, 1]])
+        np.testing.assert_allclose(rotation, turn, atol=1e-6)
+        np.testing.assert_allclose(points, (crop[idx] - crop.mean(0)) @ turn.T / preprocess.SCALE, atol=1e-4)
+    assert abs(np.degrees(np.arctan2(*small.mean(0)[[1, 0]])) - 90) < 20
     kp = np.zeros((2, NUM_JOINTS, 3), np.float32)
-    np.testing.assert_allclose(preprocess.restore_keypoints(kp, batch.centres)[1, 0], small.mean(0), atol=1e-5)
+    np.testing.assert_allclose(preprocess.restore_keypoints(kp, batch)[1, 0], small.mean(0), atol=1e-5)
+    # the round trip to the crop frame and back is exact, and the sensor always lies towards -x
+    kp = batch.points[:, :NUM_JOINTS]
+    np.testing.assert_allclose(preprocess.restore_keypoints(kp, batch)[1], small[batch.indices[1][:NUM_JOINTS]],
+                               atol=1e-4)
+    sensor = np.stack([preprocess.to_crop_frame(np.zeros(3, np.float32), c, r)
+                       for c, r in zip(batch.centres, batch.rotations, strict=True)])
+    assert (sensor[:, 0] < 0).all() and np.allclose(sensor[:, 1], 0, atol=1e-5)
 
 
 @pytest.mark.parametrize("bad", [np.zeros((0, 3)), np.zeros((5, 2)), np.array([[0, 0, np.nan]])])
@@ -79,7 +93,8 @@ def test_point_parts_covers_every_original_point():
     crop_small = rng.uniform(-1, 1, size=(10, 3)).astype(np.float32)
     batch = preprocess.prepare_batch([crop_big, crop_small], 32, rng)
     # Logits that say "part = 1 + (x > 0)" for each resampled point.
-    labels = 1 + (batch.points[..., 0] + batch.centres[:, None, 0] > 0)
+    lidar = np.einsum("bnk,bkl->bnl", batch.points, batch.rotations) + batch.centres[:, None]
+    labels = 1 + (lidar[..., 0] > 0)
     logits = np.eye(NUM_CLASSES, dtype=np.float32)[labels] * 5
     parts = preprocess.point_parts(logits, batch.indices, batch.counts, [crop_big, crop_small])
     assert [len(p) for p in parts] == [300, 10] and parts[0].dtype == np.uint8

@@ -266,7 +266,7 @@ class PerceptionPipeline:
 
         batch = prepare_batch(crops, self.backend.num_points, self._rng)
         out = self.backend.infer_all(batch.points)
-        joints = restore_keypoints(out.keypoints, batch.centres)
+        joints = restore_keypoints(out.keypoints, batch)
         confidence = _joint_confidence(out.keypoints, out.logits, batch.points)
         parts = point_parts(out.logits, batch.indices, batch.counts, crops)
         return joints, confidence, parts

@@ -3,8 +3,11 @@
 Rules (stored in the model metadata, read them from there rather than assuming):
 - resampling happens outside the graph: a crop of M >= N points gives a random subset of N points
   without replacement; M < N gives every point once plus N - M random repeats;
-- centre = the mean of all the crop's points (LiDAR frame); the network sees ``(p - centre) / SCALE``;
-- no rotation normalisation: the heading is unknown, the network learned every yaw.
+- centre = the mean of all the crop's points (LiDAR frame, sensor at the origin);
+- viewpoint frame: a rotation about the vertical axis turns the centre's azimuth onto +x, so the sensor
+  always lies towards -x of the crop (the canonical frame of LiDAR region-of-interest methods); the
+  person's own heading stays unknown and is learned;
+- the network sees ``R (p - centre) / SCALE`` and predicts keypoints in that frame.
 numpy only, so the node can use it without torch.
 """
 
@@ -16,15 +19,17 @@ import numpy as np
 
 DEFAULT_NUM_POINTS = 128
 SCALE = 1.0  # metres per network unit
-CENTRE_RULE = "mean of the crop's points; input = (p - centre) / scale; no rotation normalisation"
+CENTRE_RULE = ("mean of the crop's points; R = yaw rotation turning the centre's azimuth onto +x; "
+               "input = R (p - centre) / scale")
 
 
 @dataclass(frozen=True)
 class PreparedBatch:
     """Network input for B crops and what is needed to map outputs back."""
 
-    points: np.ndarray  # (B, N, 3) float32, centred and scaled
+    points: np.ndarray  # (B, N, 3) float32, in each crop's frame and scaled
     centres: np.ndarray  # (B, 3) float32, LiDAR frame
+    rotations: np.ndarray  # (B, 3, 3) float32, LiDAR -> crop frame (about z)
     indices: np.ndarray  # (B, N) int64, index of each network point in its original crop
     counts: np.ndarray  # (B,) int64, original number of points per crop
 
@@ -44,6 +49,29 @@ def centre_of(points: np.ndarray) -> np.ndarray:
     return points.mean(axis=0)
 
 
+def view_rotation(centre: np.ndarray) -> np.ndarray:
+    """(3, 3) yaw rotation R with R @ centre on the +x half of the x-z plane (identity at the origin)."""
+    azimuth = np.arctan2(centre[1], centre[0])
+    c, s = np.cos(azimuth), np.sin(azimuth)
+    return np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+
+
+def crop_frame(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The crop frame of points (M, 3) in the LiDAR frame: centre (3,) and rotation (3, 3)."""
+    centre = centre_of(points)
+    return centre, view_rotation(centre)
+
+
+def to_crop_frame(points: np.ndarray, centre: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """LiDAR-frame points (..., 3) -> network units in the crop frame."""
+    return ((points - centre) @ rotation.T / SCALE).astype(np.float32)
+
+
+def from_crop_frame(points: np.ndarray, centre: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """Network units in the crop frame (..., 3) -> LiDAR frame."""
+    return (points * SCALE @ rotation + centre).astype(np.float32)
+
+
 def _checked(crop: np.ndarray, i: int) -> np.ndarray:
     crop = np.asarray(crop)
     if crop.ndim != 2 or crop.shape[1] < 3:
@@ -58,27 +86,28 @@ def _checked(crop: np.ndarray, i: int) -> np.ndarray:
 
 def prepare_batch(crops: list[np.ndarray], num_points: int = DEFAULT_NUM_POINTS,
                   rng: np.random.Generator | None = None) -> PreparedBatch:
-    """Resample and centre each crop (M_i, 3) to the network's (B, N, 3) input."""
+    """Resample each crop (M_i, 3) and bring it into its crop frame: the network's (B, N, 3) input."""
     rng = np.random.default_rng() if rng is None else rng
     B = len(crops)
     points = np.empty((B, num_points, 3), dtype=np.float32)
     centres = np.empty((B, 3), dtype=np.float32)
+    rotations = np.empty((B, 3, 3), dtype=np.float32)
     indices = np.empty((B, num_points), dtype=np.int64)
     counts = np.empty(B, dtype=np.int64)
     for i, crop in enumerate(crops):
         crop = _checked(crop, i)
         idx = sample_indices(len(crop), num_points, rng)
-        centre = centre_of(crop)
-        points[i] = (crop[idx] - centre) / SCALE
-        centres[i] = centre
+        centres[i], rotations[i] = crop_frame(crop)
+        points[i] = to_crop_frame(crop[idx], centres[i], rotations[i])
         indices[i] = idx
         counts[i] = len(crop)
-    return PreparedBatch(points, centres, indices, counts)
+    return PreparedBatch(points, centres, rotations, indices, counts)
 
 
-def restore_keypoints(keypoints: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Keypoints (B, J, 3) in network units -> LiDAR frame."""
-    return (keypoints * SCALE + centres[:, None, :]).astype(np.float32)
+def restore_keypoints(keypoints: np.ndarray, batch: PreparedBatch) -> np.ndarray:
+    """Keypoints (B, J, 3) in network units, in the crop frames of `batch` -> LiDAR frame."""
+    rotated = np.einsum("bjk,bkl->bjl", np.asarray(keypoints, np.float32) * SCALE, batch.rotations)
+    return (rotated + batch.centres[:, None, :]).astype(np.float32)
 
 
 def _nearest(queries: np.ndarray, refs: np.ndarray, chunk: int = 4096) -> np.ndarray:

@@ -46,7 +46,7 @@ def predict_dataset(backend: Backend, dataset, indices, batch: int, seed: int = 
         crops = [x["points"] for x in samples]
         prepared = prepare_batch(crops, backend.num_points, rng)
         result = backend.infer(prepared.points)
-        out["pred"].append(restore_keypoints(result.keypoints, prepared.centres))
+        out["pred"].append(restore_keypoints(result.keypoints, prepared))
         out["gt"].append(np.stack([x["joints"] for x in samples]))
         parts = point_parts(result.logits, prepared.indices, prepared.counts, crops)
         for x, p in zip(samples, parts, strict=True):
@@ -118,7 +118,7 @@ def plot_examples(backend: Backend, dataset, indices, path: str | Path, seed: in
     crops = [x["points"] for x in samples]
     prepared = prepare_batch(crops, backend.num_points, np.random.default_rng(seed))
     result = backend.infer_all(prepared.points)
-    kps = restore_keypoints(result.keypoints, prepared.centres)
+    kps = restore_keypoints(result.keypoints, prepared)
     parts = point_parts(result.logits, prepared.indices, prepared.counts, crops)
     fig = plt.figure(figsize=(3.2 * len(samples), 4.2))
     cmap = plt.get_cmap("tab20")

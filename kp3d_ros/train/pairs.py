@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from kp3d_ros.losses import PairBatch
-from kp3d_ros.model.preprocess import SCALE, centre_of, sample_indices
+from kp3d_ros.model.preprocess import crop_frame, sample_indices, to_crop_frame
 
 
 @dataclass
@@ -45,34 +45,35 @@ class PreparedPairs:
     batch: PairBatch
     centres_t: np.ndarray  # (B, 3)
     centres_t1: np.ndarray
+    rotations_t: np.ndarray  # (B, 3, 3) LiDAR -> crop frame
+    rotations_t1: np.ndarray
     joints_t: np.ndarray | None  # (B, J, 3) in crop frame t, when every sample has them
     joints_t1: np.ndarray | None
 
 
 def _resampled(points: np.ndarray, flow: np.ndarray, num_points: int, rng: np.random.Generator):
     idx = sample_indices(len(points), num_points, rng)
-    centre = centre_of(points)
     f = flow[idx]
     valid = np.isfinite(f).all(1)
-    return points[idx], np.where(valid[:, None], f, 0.0), valid, centre
+    return points[idx], np.where(valid[:, None], f, 0.0), valid, crop_frame(points)
 
 
 def collate_pairs(samples: list[PairSample], num_points: int, rng: np.random.Generator) -> PreparedPairs:
-    """Stack samples into a PairBatch (float32 tensors) with points in their own crop frames (metres / SCALE)."""
+    """Stack samples into a PairBatch (float32 tensors) with points in their own crop frames (network units)."""
     if not samples:
         raise ValueError("collate_pairs needs at least one sample")
-    pts_t, pts_t1, car_t, car_t1, val_t, val_t1, c_t, c_t1 = ([] for _ in range(8))
+    pts_t, pts_t1, car_t, car_t1, val_t, val_t1, frame_t, frame_t1 = ([] for _ in range(8))
     for s in samples:
-        p0, f0, v0, c0 = _resampled(s.src, s.forward, num_points, rng)
-        p1, f1, v1, c1 = _resampled(s.dst, s.backward, num_points, rng)
-        pts_t.append((p0 - c0) / SCALE)
-        pts_t1.append((p1 - c1) / SCALE)
-        car_t.append((p0 + f0 - c1) / SCALE)
-        car_t1.append((p1 + f1 - c0) / SCALE)
+        p0, f0, v0, frame0 = _resampled(s.src, s.forward, num_points, rng)
+        p1, f1, v1, frame1 = _resampled(s.dst, s.backward, num_points, rng)
+        pts_t.append(to_crop_frame(p0, *frame0))
+        pts_t1.append(to_crop_frame(p1, *frame1))
+        car_t.append(to_crop_frame(p0 + f0, *frame1))
+        car_t1.append(to_crop_frame(p1 + f1, *frame0))
         val_t.append(v0)
         val_t1.append(v1)
-        c_t.append(c0)
-        c_t1.append(c1)
+        frame_t.append(frame0)
+        frame_t1.append(frame1)
 
     def t(arrays: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.stack(arrays).astype(np.float32))
@@ -81,9 +82,10 @@ def collate_pairs(samples: list[PairSample], num_points: int, rng: np.random.Gen
                       valid_t=torch.from_numpy(np.stack(val_t)), valid_t1=torch.from_numpy(np.stack(val_t1)),
                       track=torch.tensor([s.track for s in samples], dtype=torch.int64))
     have_joints = all(s.joints_t is not None and s.joints_t1 is not None for s in samples)
-    centres_t, centres_t1 = np.stack(c_t), np.stack(c_t1)
+    centres_t, rotations_t = (np.stack(a) for a in zip(*frame_t, strict=True))
+    centres_t1, rotations_t1 = (np.stack(a) for a in zip(*frame_t1, strict=True))
     joints_t = joints_t1 = None
     if have_joints:
-        joints_t = (np.stack([s.joints_t for s in samples]) - centres_t[:, None]) / SCALE
-        joints_t1 = (np.stack([s.joints_t1 for s in samples]) - centres_t1[:, None]) / SCALE
-    return PreparedPairs(batch, centres_t, centres_t1, joints_t, joints_t1)
+        joints_t = np.stack([to_crop_frame(s.joints_t, *f) for s, f in zip(samples, frame_t, strict=True)])
+        joints_t1 = np.stack([to_crop_frame(s.joints_t1, *f) for s, f in zip(samples, frame_t1, strict=True)])
+    return PreparedPairs(batch, centres_t, centres_t1, rotations_t, rotations_t1, joints_t, joints_t1)

@@ -20,7 +20,7 @@ from torch.nn import functional
 
 from kp3d_ros.model.checkpoint import default_meta
 from kp3d_ros.model.network import KeypointNet, build_model, count_parameters
-from kp3d_ros.model.preprocess import SCALE, centre_of, sample_indices
+from kp3d_ros.model.preprocess import SCALE, crop_frame, sample_indices, to_crop_frame
 from kp3d_ros.train.loop import FitConfig, fit
 
 DEFAULTS: dict = {
@@ -98,8 +98,9 @@ def to_example(sample: dict, num_points: int, rng: np.random.Generator) -> tuple
     """Network input (N, 3), target joints (J, 3), target parts (N,), all in the crop's frame."""
     points = np.asarray(sample["points"], np.float32)
     idx = sample_indices(len(points), num_points, rng)
-    centre = centre_of(points)
-    return ((points[idx] - centre) / SCALE, (np.asarray(sample["joints"], np.float32) - centre) / SCALE,
+    centre, rotation = crop_frame(points)
+    return (to_crop_frame(points[idx], centre, rotation),
+            to_crop_frame(np.asarray(sample["joints"], np.float32), centre, rotation),
             np.asarray(sample["parts"], np.int64)[idx])
 
 

@@ -257,7 +257,7 @@ def evaluate_sequences(checkpoint: str | Path, root: str | Path, max_sequences: 
         for s in range(0, len(crops), 64):
             batch = prepare_batch(crops[s:s + 64], num_points, rng)
             kp, logits = model(torch.from_numpy(batch.points))
-            preds.append(restore_keypoints(kp.numpy(), batch.centres))
+            preds.append(restore_keypoints(kp.numpy(), batch))
             truth = np.stack([p[i] for p, i in zip(parts[s:s + 64], batch.indices, strict=True)])
             conf += confusion_matrix(logits.argmax(-1).numpy(), truth, NUM_CLASSES)
     scores = segmentation_scores(conf)
