@@ -44,7 +44,9 @@ SEGMENTATION = np.dtype(
     [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("track_id", "<u4"), ("part", "u1")]
 )
 
-# Scene flow: every point of every tracked person with its flow to the next frame (m per frame).
+# Scene flow: every point of every tracked person with its motion over one frame period (m per frame). The node
+# publishes each point's motion since the previous scan (it cannot see the next one); the synthetic ground truth
+# in bags (kp3d synth-bag) gives each return's motion to the next scan.
 SCENE_FLOW = np.dtype(
     [
         ("x", "<f4"),

@@ -65,6 +65,8 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = 1
         options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Idle intra-op threads sleep instead of spinning: the rest of the pipeline shares these cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return self._ort.InferenceSession(model_bytes, sess_options=options, providers=self.providers)
 
     @property
