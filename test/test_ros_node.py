@@ -293,6 +293,15 @@ def test_node_exits_nonzero_on_bad_parameters():
     assert "roi.max_range" in done.stderr
 
 
+def test_node_build_only_exits_zero_without_subscribing():
+    command = [sys.executable, "-m", "kp3d_ros.ros.node", "--ros-args", "-p", "network.build_only:=true",
+               "-p", "network.backend:=onnxruntime"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "nothing to do" in output and "subscribed" not in output
+
+
 def test_adaptation_state_in_diagnostics(ros):
     _, probe, _ = ros
     pytest.importorskip("torch")

@@ -6,7 +6,9 @@ import logging
 from pathlib import Path
 
 from kp3d_ros.backends.base import Backend
+from kp3d_ros.core.params import defaults as _param_defaults
 
+_DEFAULTS = _param_defaults()  # the node's defaults, so an engine built with defaults is the one the node uses
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 MODEL_FILE = "kp3d_stage1.onnx"
 PACKAGE = "kp3d_ros"
@@ -37,15 +39,22 @@ def _checkpoint_for(model_path: Path) -> Path:
     return model_path if model_path.suffix == ".pt" else model_path.with_suffix(".pt")
 
 
-def create_backend(name: str = "auto", model_path: str | Path | None = None, max_batch: int = 16,
-                   threads: int = 1, fp16: bool = True, engine_cache_dir: str | Path | None = None,
+def _onnx_path(model_path: str | Path | None) -> tuple[Path, Path]:
+    """(given path or the shipped model, the ONNX file for it: a .pt checkpoint's sibling .onnx)."""
+    path = Path(model_path) if model_path else default_model_path()
+    return path, (path.with_suffix(".onnx") if path.suffix == ".pt" else path)
+
+
+def create_backend(name: str = "auto", model_path: str | Path | None = None,
+                   max_batch: int = _DEFAULTS["network.max_people"], threads: int = _DEFAULTS["network.threads"],
+                   fp16: bool = _DEFAULTS["network.fp16"], engine_cache_dir: str | Path | None = None,
                    logger: logging.Logger | None = None) -> tuple[Backend, str]:
     """(backend, reason). 'auto' takes TensorRT when it imports and a CUDA GPU exists, else ONNX Runtime;
-    the reason says which was chosen and why, for the log. Unknown names raise ValueError."""
+    the reason says which was chosen and why, for the log. Unknown names raise ValueError.
+    The defaults are the node's (network.max_people, network.threads, network.fp16)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    path = Path(model_path) if model_path else default_model_path()
-    onnx_path = path.with_suffix(".onnx") if path.suffix == ".pt" else path
+    path, onnx_path = _onnx_path(model_path)
     if name in ("auto", "tensorrt"):
         from kp3d_ros.backends.tensorrt_backend import TensorRTBackend, TensorRTError, tensorrt_status
 
@@ -73,3 +82,28 @@ def create_backend(name: str = "auto", model_path: str | Path | None = None, max
 
     backend = TorchBackend(_checkpoint_for(path), max_batch, threads)
     return backend, f"torch eager on {backend.device} (requested)"
+
+
+def build_engine_only(params: dict, logger: logging.Logger | None = None) -> str:
+    """network.build_only: build (or load) the TensorRT engine that the node with these parameters would use
+    and return a line for the log saying where it is. Other backends, and auto without TensorRT and a GPU,
+    have nothing to build: the line says so. Raises like create_backend when the engine cannot be built
+    (also for auto: a build-only run that cannot build the engine has failed)."""
+    params = {**_DEFAULTS, **params}
+    name = params["network.backend"]
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name not in ("auto", "tensorrt"):
+        return f"network.build_only: backend {name} has no engine to build; nothing to do"
+    from kp3d_ros.backends.tensorrt_backend import TensorRTBackend, TensorRTError, tensorrt_status
+
+    ok, status = tensorrt_status()
+    if not ok:
+        if name == "tensorrt":
+            raise TensorRTError(f"TensorRT backend requested but unavailable: {status}")
+        return f"network.build_only: auto would run ONNX Runtime ({status}); no TensorRT engine to build"
+    _, onnx_path = _onnx_path(params["network.model_path"] or None)
+    backend = TensorRTBackend(onnx_path, params["network.max_people"], params["network.fp16"],
+                              params["network.engine_cache_dir"] or None, logger)
+    return (f"network.build_only: TensorRT engine ready at {backend.engine_path} ({status}, "
+            f"{'fp16' if backend.fp16 else 'fp32'}, batch 1..{backend.max_batch})")

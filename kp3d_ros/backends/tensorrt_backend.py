@@ -5,6 +5,13 @@ precision and the largest batch (the optimisation profile covers batch 1..max_ba
 any mismatch means another file name, so a stale engine is never loaded (an unreadable one is
 rebuilt). Device buffers are torch CUDA tensors, the work runs on one CUDA stream.
 The pure-Python parts (key, path, availability) work without TensorRT.
+
+Written against the TensorRT 10 Python API: networks are always explicit-batch (create_network(0);
+NetworkDefinitionCreationFlag.EXPLICIT_BATCH is deprecated and ignored), I/O goes through named
+tensors (set_input_shape, set_tensor_address, execute_async_v3), and weights are refitted from a
+re-exported ONNX model (Refitter + OnnxParserRefitter, then refit_cuda_engine). FP16 uses the
+weakly-typed BuilderFlag.FP16, which TensorRT 10.12 deprecates and TensorRT 11 removes: there an FP16
+build fails with a clear error and an FP32 build still works.
 """
 
 from __future__ import annotations
@@ -20,10 +27,14 @@ import numpy as np
 
 from kp3d_ros.backends.base import Backend, NetworkOutput
 from kp3d_ros.backends.onnxruntime_backend import check_crops
-from kp3d_ros.model.export import INPUT_NAME, OUTPUT_NAMES, read_metadata
+from kp3d_ros.core.params import defaults as _param_defaults
+from kp3d_ros.model.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAMES, read_metadata
 
 LOG = logging.getLogger(__name__)
 WORKSPACE_BYTES = 1 << 30
+_DEFAULTS = _param_defaults()
+DEFAULT_MAX_BATCH: int = _DEFAULTS["network.max_people"]
+DEFAULT_FP16: bool = _DEFAULTS["network.fp16"]
 
 
 class TensorRTError(RuntimeError):
@@ -50,6 +61,7 @@ def engine_cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, precisio
 
 
 def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/kp3d_ros/engines, or ~/.cache/kp3d_ros/engines when XDG_CACHE_HOME is unset or empty."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "kp3d_ros" / "engines"
 
@@ -74,8 +86,21 @@ def tensorrt_status() -> tuple[bool, str]:
     return True, f"tensorrt {trt.__version__} on {torch.cuda.get_device_name(0)}"
 
 
+_TRT_LOGGER = None
+
+
 def _trt_logger(trt):
-    return trt.Logger(trt.Logger.WARNING)
+    """One process-wide TensorRT logger: TensorRT requires the logger given to a Builder, Runtime or
+    Refitter to stay valid until everything created through it is released."""
+    global _TRT_LOGGER
+    if _TRT_LOGGER is None:
+        _TRT_LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _TRT_LOGGER
+
+
+def _errors(source) -> str:
+    """The errors an OnnxParser / OnnxParserRefitter collected (num_errors, get_error(i))."""
+    return "; ".join(str(source.get_error(i)) for i in range(source.num_errors)) or "no details"
 
 
 def build_serialized_engine(onnx_bytes: bytes, num_points: int, max_batch: int, fp16: bool) -> bytes:
@@ -84,32 +109,47 @@ def build_serialized_engine(onnx_bytes: bytes, num_points: int, max_batch: int, 
         import tensorrt as trt
     except ImportError as exc:
         raise TensorRTError(f"cannot build an engine: tensorrt is not installed ({exc})") from exc
+    if max_batch < 1:
+        raise TensorRTError(f"max_batch must be >= 1, got {max_batch}")
     logger = _trt_logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    network = builder.create_network(0)  # TensorRT 10: every network is explicit-batch
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_bytes):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise TensorRTError(f"TensorRT could not parse the ONNX model: {errors}")
+        raise TensorRTError(f"TensorRT could not parse the ONNX model: {_errors(parser)}")
+    inputs = [network.get_input(i).name for i in range(network.num_inputs)]
+    if inputs != [INPUT_NAME]:
+        raise TensorRTError(f"the ONNX model's inputs are {inputs}; expected exactly [{INPUT_NAME!r}] "
+                            "(export it with `kp3d export`)")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    config.set_flag(trt.BuilderFlag.REFIT)
+    config.set_flag(trt.BuilderFlag.REFIT)  # weights can be replaced later without a rebuild
     if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
+        fp16_flag = getattr(trt.BuilderFlag, "FP16", None)
+        if fp16_flag is None:
+            raise TensorRTError(f"tensorrt {trt.__version__} has no BuilderFlag.FP16 (removed in TensorRT 11); "
+                                "set network.fp16 to false")
+        config.set_flag(fp16_flag)
     profile = builder.create_optimization_profile()
     opt = max(1, min(8, max_batch))
-    profile.set_shape(INPUT_NAME, (1, num_points, 3), (opt, num_points, 3), (max_batch, num_points, 3))
-    config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)  # IHostMemory or None
+    try:  # the Python binding raises when the min/opt/max shapes are inconsistent
+        profile.set_shape(INPUT_NAME, (1, num_points, 3), (opt, num_points, 3), (max_batch, num_points, 3))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise TensorRTError(f"bad optimisation profile for {INPUT_NAME} (N={num_points}, "
+                            f"batch 1..{max_batch}): {exc}") from exc
+    if config.add_optimization_profile(profile) < 0:
+        raise TensorRTError("TensorRT rejected the optimisation profile")
+    serialized = builder.build_serialized_network(network, config)  # IHostMemory, or None on failure
     if serialized is None:
-        raise TensorRTError("TensorRT failed to build the engine (see the TensorRT log above)")
+        raise TensorRTError(f"TensorRT failed to build the engine ({precision_name(fp16)}, batch 1..{max_batch}); "
+                            "see the TensorRT log above")
     return bytes(serialized)
 
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, model_path: str | Path, max_batch: int = 16, fp16: bool = True,
+    def __init__(self, model_path: str | Path, max_batch: int = DEFAULT_MAX_BATCH, fp16: bool = DEFAULT_FP16,
                  cache_dir: str | Path | None = None, logger: logging.Logger | None = None):
         ok, reason = tensorrt_status()
         if not ok:
@@ -122,20 +162,23 @@ class TensorRTBackend(Backend):
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {self.model_path}")
+        if int(max_batch) < 1:
+            raise ValueError("max_batch must be >= 1")
         meta = read_metadata(self.model_path)
         if "num_points" not in meta:
             raise TensorRTError(f"{self.model_path} has no num_points metadata (export it with `kp3d export`)")
         self.metadata = meta
         self._num_points = int(meta["num_points"])
         self._max_batch = int(max_batch)
-        self.fp16 = fp16
+        self.fp16 = bool(fp16)
         key = engine_cache_key(file_sha256(self.model_path), trt.__version__, torch.cuda.get_device_name(0),
-                               precision_name(fp16), self._max_batch)
+                               precision_name(self.fp16), self._max_batch)
         self.engine_path = engine_cache_path(cache_dir, self.model_path, key)
         self._trt_log = _trt_logger(trt)
-        self._runtime = trt.Runtime(self._trt_log)
+        self._runtime = trt.Runtime(self._trt_log)  # kept: it must outlive the engine
         self._lock = threading.Lock()
         self.engine = self._load_or_build()
+        self._check_io()
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise TensorRTError("TensorRT could not create an execution context (GPU memory?)")
@@ -154,7 +197,7 @@ class TensorRTBackend(Backend):
                       precision_name(self.fp16), self._max_batch)
         data = build_serialized_engine(self.model_path.read_bytes(), self._num_points, self._max_batch, self.fp16)
         self.engine_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.engine_path.with_suffix(".tmp")
+        tmp = self.engine_path.with_name(f"{self.engine_path.name}.{os.getpid()}.tmp")  # no clash between builders
         tmp.write_bytes(data)
         os.replace(tmp, self.engine_path)
         engine = self._runtime.deserialize_cuda_engine(data)
@@ -163,17 +206,33 @@ class TensorRTBackend(Backend):
         self.log.info("cached TensorRT engine at %s", self.engine_path)
         return engine
 
+    def _check_io(self) -> None:
+        """The engine has exactly our named float32 input and outputs."""
+        trt, engine = self._trt, self.engine
+        modes = {engine.get_tensor_name(i): engine.get_tensor_mode(engine.get_tensor_name(i))
+                 for i in range(engine.num_io_tensors)}
+        expected = {INPUT_NAME: trt.TensorIOMode.INPUT, **{n: trt.TensorIOMode.OUTPUT for n in OUTPUT_NAMES}}
+        if modes != expected:
+            raise TensorRTError(f"engine I/O tensors {sorted(modes)} do not match the model's "
+                                f"{INPUT_NAME!r} -> {list(OUTPUT_NAMES)}")
+        for name in expected:
+            dtype = engine.get_tensor_dtype(name)
+            if dtype != trt.DataType.FLOAT:
+                raise TensorRTError(f"engine tensor {name} is {dtype}, expected float32")
+
     def _allocate(self) -> None:
         torch = self._torch
         B, N = self._max_batch, self._num_points
         self._stream = torch.cuda.Stream()
         self._input = torch.empty((B, N, 3), dtype=torch.float32, device="cuda")
+        if not self.context.set_input_shape(INPUT_NAME, (B, N, 3)):
+            raise TensorRTError(f"the engine does not accept input shape {(B, N, 3)}")
         self._outputs = {}
-        for name in OUTPUT_NAMES:
-            shape = tuple(self.engine.get_tensor_shape(name))[1:]
-            if any(d < 0 for d in shape):
-                raise TensorRTError(f"output {name} has a dynamic non-batch shape {shape}")
-            self._outputs[name] = torch.empty((B, *shape), dtype=torch.float32, device="cuda")
+        for name in OUTPUT_NAMES:  # shapes at the largest batch, resolved by the context
+            shape = tuple(self.context.get_tensor_shape(name))
+            if len(shape) < 1 or shape[0] != B or any(d < 0 for d in shape):
+                raise TensorRTError(f"output {name} has shape {shape} at batch {B}")
+            self._outputs[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
 
     # --- Backend -------------------------------------------------------------------------------
     @property
@@ -186,16 +245,21 @@ class TensorRTBackend(Backend):
 
     def infer(self, crops: np.ndarray) -> NetworkOutput:
         crops = check_crops(crops, self._num_points, self._max_batch)
+        if not crops.flags.writeable:  # torch.from_numpy wants a writable array
+            crops = crops.copy()
         torch = self._torch
         B = len(crops)
+        context = self.context
         with self._lock, torch.cuda.stream(self._stream):
             inp = self._input[:B]
-            inp.copy_(torch.from_numpy(crops), non_blocking=False)
-            self.context.set_input_shape(INPUT_NAME, (B, self._num_points, 3))
-            self.context.set_tensor_address(INPUT_NAME, inp.data_ptr())
-            for name, buf in self._outputs.items():
-                self.context.set_tensor_address(name, buf[:B].data_ptr())
-            if not self.context.execute_async_v3(self._stream.cuda_stream):
+            inp.copy_(torch.from_numpy(crops))  # on self._stream, synchronous for the host
+            if not context.set_input_shape(INPUT_NAME, (B, self._num_points, 3)):
+                raise TensorRTError(f"the engine rejected input shape {(B, self._num_points, 3)}")
+            addresses = {INPUT_NAME: inp.data_ptr(), **{n: b[:B].data_ptr() for n, b in self._outputs.items()}}
+            for name, address in addresses.items():
+                if not context.set_tensor_address(name, address):
+                    raise TensorRTError(f"TensorRT rejected the address of tensor {name}")
+            if not context.execute_async_v3(self._stream.cuda_stream):
                 raise TensorRTError("TensorRT execution failed")
             self._stream.synchronize()
             keypoints, logits = (self._outputs[n][:B].cpu().numpy() for n in OUTPUT_NAMES)
@@ -206,22 +270,34 @@ class TensorRTBackend(Backend):
             self.infer(np.zeros((batch, self._num_points, 3), dtype=np.float32))
 
     def update_weights(self, state_dict: dict) -> None:
-        """Refit the engine in place from the state dict (exported to ONNX in memory)."""
-        import json as _json
+        """Refit the engine in place from the state dict, exported to ONNX in memory with the model's opset.
 
+        The ONNX refitter matches weights by initializer name, so the re-export must name them as the
+        engine's ONNX file does (same network config and opset; torch versions can rename folded constants).
+        """
         from kp3d_ros.model.export import export_onnx_bytes
         from kp3d_ros.model.network import build_model
 
-        model = build_model(_json.loads(self.metadata["network_config"]))
+        if "network_config" not in self.metadata:
+            raise TensorRTError(f"{self.model_path} has no network_config metadata; cannot rebuild it for new weights")
+        if not self.engine.refittable:
+            raise TensorRTError(f"engine {self.engine_path} was not built refittable")
+        model = build_model(json.loads(self.metadata["network_config"]))
         model.load_state_dict(state_dict)
-        onnx_bytes = export_onnx_bytes(model, self._num_points)
+        opset = int(self.metadata.get("opset", DEFAULT_OPSET))
+        onnx_bytes = export_onnx_bytes(model, self._num_points, opset=opset)
         trt = self._trt
         with self._lock:
-            self._stream.synchronize()
+            self._stream.synchronize()  # no inference in flight while the weights change
             refitter = trt.Refitter(self.engine, self._trt_log)
             parser_refitter = trt.OnnxParserRefitter(refitter, self._trt_log)
+            # refit_from_bytes only hands the ONNX weights to the refitter; refit_cuda_engine applies them
+            # (both objects stay alive until then).
             if not parser_refitter.refit_from_bytes(onnx_bytes):
-                errors = "; ".join(str(parser_refitter.get_error(i)) for i in range(parser_refitter.num_errors))
-                raise TensorRTError(f"TensorRT refit from ONNX failed: {errors}")
+                raise TensorRTError(f"TensorRT refit from ONNX failed: {_errors(parser_refitter)}")
+            missing = refitter.get_missing_weights()
+            if missing:
+                raise TensorRTError(f"TensorRT refit is missing weights {list(missing)[:10]} (the re-exported ONNX "
+                                    f"names its weights differently from {self.model_path.name}?)")
             if not refitter.refit_cuda_engine():
-                raise TensorRTError(f"TensorRT refit failed; missing weights: {refitter.get_missing_weights()}")
+                raise TensorRTError("TensorRT refit_cuda_engine failed (see the TensorRT log above)")

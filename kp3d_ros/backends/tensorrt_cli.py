@@ -1,5 +1,9 @@
-"""`kp3d build-engine MODEL.onnx [--fp16] [--max-batch B] [--cache-dir DIR]`: build (or find) the cached
-TensorRT engine for a model and exit."""
+"""`kp3d build-engine MODEL.onnx [--fp16 | --no-fp16] [--max-batch B] [--cache-dir DIR]`: build (or find) the
+cached TensorRT engine for a model and exit.
+
+The defaults are the node's (network.fp16, network.max_people, network.engine_cache_dir), so an engine
+built with them is the one the node looks up; the node itself can do the same with network.build_only.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,19 @@ import argparse
 import logging
 
 from kp3d_ros.backends.tensorrt_backend import TensorRTBackend, TensorRTError, tensorrt_status
+from kp3d_ros.core.params import defaults
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    node = defaults()
     parser.add_argument("model", help="ONNX model written by `kp3d export`")
-    parser.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
-    parser.add_argument("--max-batch", type=int, default=16, help="largest batch (people per call)")
-    parser.add_argument("--cache-dir", help="engine cache directory (default ~/.cache/kp3d_ros/engines)")
+    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=node["network.fp16"],
+                        help="allow FP16 kernels (default: network.fp16 = %(default)s)")
+    parser.add_argument("--max-batch", type=int, default=node["network.max_people"],
+                        help="largest batch, people per call (default: network.max_people = %(default)s)")
+    parser.add_argument("--cache-dir", default=node["network.engine_cache_dir"] or None,
+                        help="engine cache directory (default: network.engine_cache_dir; empty: "
+                             "$XDG_CACHE_HOME/kp3d_ros/engines, or ~/.cache/kp3d_ros/engines)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -76,9 +76,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     P("network.max_people", 20, "Largest batch of people per frame (TensorRT profile maximum).", 1, 256,
       read_only=True),
     P("network.fp16", False, "TensorRT: build the engine in FP16.", read_only=True),
-    P("network.engine_cache_dir", "", "TensorRT engine cache directory; empty: ~/.cache/kp3d_ros.",
-      read_only=True),
-    P("network.build_only", False, "TensorRT: build (or load) the engine, then exit.", read_only=True),
+    P("network.engine_cache_dir", "", "TensorRT engine cache directory; empty: $XDG_CACHE_HOME/kp3d_ros/engines "
+      "(~/.cache/kp3d_ros/engines when XDG_CACHE_HOME is unset).", read_only=True),
+    P("network.build_only", False,
+      "Build (or load) the TensorRT engine for these network settings, log where it is and exit with code 0 "
+      "without subscribing. With backend onnxruntime or torch, or auto without TensorRT and a GPU, there is "
+      "nothing to build: the node says so and exits with code 0; a failed build exits non-zero.", read_only=True),
     P("network.threads", 2, "CPU threads for ONNX Runtime / torch.", 1, 64, read_only=True),
     # Scene flow
     P("flow.enabled", True, "Estimate per-track scene flow between consecutive frames."),

@@ -109,6 +109,16 @@ class Kp3dNode(Node):
     def __init__(self, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
         self.params = self._declare_and_load()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.adapter = None
+        self.build_only = bool(self.params["network.build_only"])
+        if self.build_only:  # build (or load) the engine, then the caller exits: no pipeline, no topics
+            from kp3d_ros.backends.factory import build_engine_only
+
+            self.get_logger().info(build_engine_only(self.params, logger=_RecordingLogger(self.get_logger())))
+            return
         self.stats = NodeStats()
         self._last_log: dict[str, float] = {}
         from kp3d_ros.core.pipeline import PerceptionPipeline
@@ -118,8 +128,6 @@ class Kp3dNode(Node):
         self.adapter = self._create_adapter()
         self._lock = threading.Lock()
         self._latest: tuple[PointCloud2, int] | None = None  # (message, arrival monotonic ns)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
         self._image: Image | None = None
         self._camera_info: CameraInfo | None = None
 
@@ -308,7 +316,7 @@ class Kp3dNode(Node):
     def destroy_node(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._worker.is_alive():
+        if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout=5.0)
         if self.adapter is not None:
             self.adapter.close()
@@ -360,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     if node is None:
         rclpy.shutdown()
         return 1
+    if node.build_only:  # network.build_only: the engine is built (or there is nothing to build); done
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 0
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     try:

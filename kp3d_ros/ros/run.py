@@ -117,6 +117,8 @@ def main(args: argparse.Namespace) -> int:
         if node is None:
             return 1
         nodes.append(node)
+        if node.build_only:  # network.build_only: the node built the engine (or had nothing to build)
+            return 0
         executor.add_node(node)
         player = None
         if args.bag is not None:
