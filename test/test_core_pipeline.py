@@ -131,3 +131,25 @@ def test_detects_a_raycast_person_in_the_scene_simulator():
         if frame.people[0].num_points >= 50:
             found += any(np.linalg.norm(c.centre[:2] - truth_xy) < 0.4 for c in crops)
     assert found >= 3
+
+
+def test_tracks_the_network_keeps_rejecting_are_only_rechecked(frames):
+    """Static clutter: after 3 rejections in a row a track goes through the network every recheck_interval
+    frames; one acceptance makes it a person again, checked every frame."""
+    model = _model_or_skip()
+    pipeline = PerceptionPipeline.from_params({**defaults(), "network.backend": "onnxruntime",
+                                               "network.model_path": str(model), "detection.recheck_interval": 4})
+    for stamp, points in frames:  # real tracks, so that _count_rejections keeps their entries
+        crops = pipeline.track(points, stamp)
+    clutter, person = crops[0], crops[1]
+    checked_frames = []
+    for frame in range(12):
+        checked = [crops[i].track_id for i in pipeline._worth_checking([clutter, person])]
+        checked_frames.append(clutter.track_id in checked)
+        assert person.track_id in checked
+        confirmed = np.array([i for i, c in enumerate([clutter, person]) if c.track_id in checked and c is person])
+        pipeline._count_rejections([c for c in (clutter, person) if c.track_id in checked], confirmed)
+        if frame == 9:  # the clutter track looks like a person once: checked every frame again
+            pipeline._count_rejections([clutter], np.array([0]))
+    assert checked_frames[:10] == [True, True, True, True, False, False, False, True, False, False]
+    assert checked_frames[10:] == [True, True]

@@ -61,6 +61,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     P("detection.min_body_share", 0.9,
       "Lowest share of a track's non-ground crop points that the network labels as a body part; tracks below "
       "are not published (clutter the geometric filter let through). 0 publishes every track.", 0.0, 1.0),
+    P("detection.recheck_interval", 5,
+      "A track the network rejected in 3 frames in a row (static clutter) goes through the network again only every "
+      "this many frames; 1 checks every track in every frame.", 1, 100),
     P("crop.include_ground", True,
       "Person crops take ground points too (feet and some ground, like the training crops); false: non-ground only."),
     # Tracking

@@ -94,6 +94,7 @@ class PerceptionPipeline:
         self._rng = np.random.default_rng(seed)
         self._previous_crops: dict[int, np.ndarray] = {}
         self._previous_people: dict[int, np.ndarray] = {}  # per track: the points flow was estimated on
+        self._rejections: dict[int, int] = {}  # per track: network rejections in a row, and frames since
         self._last_stamp_ns: int | None = None
         self.tracker = Tracker(self.params["tracking.gate_distance"], self.params["tracking.max_missed"],
                                self.params["tracking.min_hits"])
@@ -132,6 +133,7 @@ class PerceptionPipeline:
         self.smoother.reset()
         self._previous_crops = {}
         self._previous_people = {}
+        self._rejections = {}
         self._last_stamp_ns = None
 
     # -- detection and tracking -------------------------------------------------------------------
@@ -230,14 +232,16 @@ class PerceptionPipeline:
         timings = dict.fromkeys(STAGES, 0.0)
         points = self._checked(points)
         state = self._detect_and_track(points, int(stamp_ns), timings)
-        crops = state.crops
         t = time.perf_counter()
+        checked = self._worth_checking(state.crops)
+        crops, masks = [state.crops[i] for i in checked], [state.person_masks[i] for i in checked]
         joints, confidence, parts = self._network([c.points for c in crops])
-        keep = self._confirmed_by_network(parts, state.person_masks)
+        keep = self._confirmed_by_network(parts, masks)
+        self._count_rejections(crops, keep)
         crops = [crops[i] for i in keep]
         joints, confidence, parts = joints[keep], confidence[keep], [parts[i] for i in keep]
         t = _lap(timings, "network", t)
-        flows = self._flows(crops, [state.person_masks[i] for i in keep], state.dt)
+        flows = self._flows(crops, [masks[i] for i in keep], state.dt)
         t = _lap(timings, "flow", t)
         people = []
         smooth = self.params["smoothing.enabled"]
@@ -279,6 +283,31 @@ class PerceptionPipeline:
         shares = np.array([np.count_nonzero(p[m]) / max(np.count_nonzero(m), 1)
                            for p, m in zip(parts, person_masks, strict=True)])
         return np.flatnonzero(shares >= threshold)
+
+    REJECTIONS_TO_SKIP = 3  # network rejections in a row after which a track is only rechecked now and then
+
+    def _worth_checking(self, crops: list[TrackedCrop]) -> list[int]:
+        """Indices of the crops to run the network on: all, except tracks the network keeps rejecting
+        (static clutter), which are checked again every detection.recheck_interval frames."""
+        interval = int(self.params["detection.recheck_interval"])
+        if self.backend is None or self.params["detection.min_body_share"] <= 0 or interval <= 1:
+            return list(range(len(crops)))
+        out = []
+        for i, c in enumerate(crops):
+            rejected = self._rejections.get(c.track_id, 0)
+            if rejected < self.REJECTIONS_TO_SKIP or (rejected - self.REJECTIONS_TO_SKIP) % interval == 0:
+                out.append(i)
+            else:
+                self._rejections[c.track_id] = rejected + 1  # skipped this frame: still counts as rejected
+        return out
+
+    def _count_rejections(self, checked: list[TrackedCrop], confirmed: np.ndarray) -> None:
+        """Update the per-track rejection counts after the network checked `checked` and confirmed `confirmed`."""
+        accepted = set(confirmed.tolist())
+        for i, c in enumerate(checked):
+            self._rejections[c.track_id] = 0 if i in accepted else self._rejections.get(c.track_id, 0) + 1
+        alive = {tr.track_id for tr in self.tracker.tracks}
+        self._rejections = {k: v for k, v in self._rejections.items() if k in alive}
 
     def _flows(self, crops: list[TrackedCrop], person_masks: list[np.ndarray], dt: float) -> list[np.ndarray | None]:
         """Per crop point, its motion since the previous frame (m per frame; None for a track's first crop).
