@@ -1,6 +1,7 @@
 """The parameter definition, config/kp3d.yaml and the node's declared parameters agree; bad values fail clearly.
 
-After adding a parameter to kp3d_ros/core/params.py, rewrite the YAML with `python test/test_params.py`.
+After adding a parameter to kp3d_ros/core/params.py, rewrite the YAML and the README's parameter table with
+`python test/test_params.py`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from kp3d_ros.core.params import NODE_NAME, ParameterError, load_params, validat
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config" / "kp3d.yaml"
+README = ROOT / "README.md"
+TABLE_START, TABLE_END = "<!-- parameters: start (python test/test_params.py) -->", "<!-- parameters: end -->"
 
 
 def _yaml_value(value) -> str:
@@ -47,6 +50,36 @@ def render_yaml() -> str:
             lines.append(f"      # {spec.description}{limits}{choices}{' Read-only.' if spec.read_only else ''}")
             lines.append(f"      {spec.name.split('.', 1)[1]}: {_yaml_value(spec.default)}")
     return "\n".join(lines) + "\n"
+
+
+def _type_name(value) -> str:
+    if isinstance(value, list):
+        return f"double[{len(value)}]"
+    return {bool: "bool", int: "int", float: "double", str: "string"}[type(value)]
+
+
+def render_markdown() -> str:
+    """The README's parameter table from the parameter definition."""
+    rows = ["| name | type | default | range / choices | read-only | description |", "|---|---|---|---|---|---|"]
+    for spec in params.PARAMETERS:
+        limits = f"{spec.min:g} … {spec.max:g}" if spec.min is not None else ""
+        limits = ", ".join(f"`{c}`" for c in spec.choices) if spec.choices else limits
+        default = f"`{_yaml_value(spec.default)}`"
+        rows.append(f"| `{spec.name}` | {_type_name(spec.default)} | {default} | {limits} | "
+                    f"{'yes' if spec.read_only else ''} | {spec.description} |")
+    return "\n".join(rows) + "\n"
+
+
+def readme_with_table(text: str) -> str:
+    head, _, rest = text.partition(TABLE_START + "\n")
+    _, _, tail = rest.partition(TABLE_END)
+    return head + TABLE_START + "\n" + render_markdown() + TABLE_END + tail
+
+
+def test_readme_lists_every_parameter():
+    text = README.read_text()
+    assert TABLE_START in text and TABLE_END in text
+    assert readme_with_table(text) == text, "README parameter table is stale: run python test/test_params.py"
 
 
 def test_yaml_lists_every_parameter_with_its_default():
@@ -109,4 +142,5 @@ def test_node_declares_every_parameter_with_descriptor():
 
 if __name__ == "__main__":
     CONFIG.write_text(render_yaml())
-    print(f"wrote {CONFIG}")
+    README.write_text(readme_with_table(README.read_text()))
+    print(f"wrote {CONFIG} and the parameter table of {README}")

@@ -8,7 +8,7 @@ from kp3d_ros.synth.lidar import PRESETS, LidarPreset, box_mesh, cast, front_fac
 
 @pytest.mark.parametrize("name, beams, lo, hi", [("waymo_top", 64, -17.6, 2.4), ("hdl64e", 64, -24.9, 2.0),
                                                  ("vlp32c", 32, -25.0, 15.0), ("vlp16", 16, -15.0, 15.0),
-                                                 ("os1_64", 64, -22.5, 22.5)])
+                                                 ("os1_64", 64, -22.5, 22.5), ("os1_128", 128, -22.5, 22.5)])
 def test_preset_elevations(name, beams, lo, hi):
     preset = PRESETS[name]
     assert preset.num_beams == beams

@@ -19,6 +19,7 @@ HELD_OUT_WEIGHT = 0.85  # Stage I train/val bodies have weight < this; the test 
 SPLIT_CONFIGS: dict[str, dict] = {
     "stage1": {"presets": TRAIN_PRESETS, "phenotype_ranges": {"weight": (0.0, HELD_OUT_WEIGHT)}},
     "stage1-test": {"presets": ("vlp16",), "phenotype_ranges": {"weight": (HELD_OUT_WEIGHT, 1.0)}},
+    "stage1-test-dense": {"presets": ("os1_128",), "phenotype_ranges": {"weight": (HELD_OUT_WEIGHT, 1.0)}},
     "full": {},
     "flow-source": {"presets": TRAIN_PRESETS, "occluder": 0.0, "carry_object": 0.0},
     "flow-target": {"presets": ("vlp16", "os1_64"), "range_noise_std": 0.04, "dropout": 0.06,

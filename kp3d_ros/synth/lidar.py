@@ -62,6 +62,9 @@ PRESETS: dict[str, LidarPreset] = {
                                 range_noise_std=0.03, dropout=0.03),
     "os1_64": LidarPreset.custom(np.linspace(-22.5, 22.5, 64), 360.0 / 1024, "os1_64", max_range=120.0,
                                  range_noise_std=0.03, dropout=0.04),
+    # Ouster OS1-128: 128 beams over the same 45 degree vertical FOV, 2048 columns (held out from Stage I training)
+    "os1_128": LidarPreset.custom(np.linspace(-22.5, 22.5, 128), 360.0 / 2048, "os1_128", max_range=120.0,
+                                  range_noise_std=0.03, dropout=0.04),
 }
 
 
