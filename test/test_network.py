@@ -206,3 +206,13 @@ def test_scan_line_thinning_keeps_whole_rings():
     assert 5 <= len(kept_rings) <= 10  # about one ring in five
     assert len(out["points"]) == 50 * len(kept_rings)  # whole rings, parts still aligned
     np.testing.assert_array_equal(out["points"], points[out["parts"]])
+
+
+def test_models_with_another_input_rule_are_refused(tmp_path):
+    """A model trained without the crop-frame rotation would give silently wrong joints: loading it fails."""
+    preprocess.check_input_rule({"centre_rule": preprocess.CENTRE_RULE, "scale": preprocess.SCALE})
+    preprocess.check_input_rule({})  # models without the metadata are not checked
+    with pytest.raises(ValueError, match="input rule"):
+        preprocess.check_input_rule({"centre_rule": "mean of the crop's points; no rotation normalisation"})
+    with pytest.raises(ValueError, match="scale"):
+        preprocess.check_input_rule({"centre_rule": preprocess.CENTRE_RULE, "scale": "2.0"})

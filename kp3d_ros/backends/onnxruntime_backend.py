@@ -9,6 +9,7 @@ import numpy as np
 
 from kp3d_ros.backends.base import Backend, NetworkOutput
 from kp3d_ros.model.export import INPUT_NAME, OUTPUT_NAMES, read_metadata
+from kp3d_ros.model.preprocess import check_input_rule
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -50,6 +51,7 @@ class OnnxRuntimeBackend(Backend):
         self.providers = list(providers) if providers else default_providers()
         self._session = self._make_session(path.read_bytes())
         meta = self._session.get_modelmeta().custom_metadata_map
+        check_input_rule(meta, path)
         self.metadata = dict(meta)
         if "num_points" in meta:
             self._num_points = int(meta["num_points"])

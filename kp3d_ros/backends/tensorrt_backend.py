@@ -29,6 +29,7 @@ from kp3d_ros.backends.base import Backend, NetworkOutput
 from kp3d_ros.backends.onnxruntime_backend import check_crops
 from kp3d_ros.core.params import defaults as _param_defaults
 from kp3d_ros.model.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAMES, read_metadata
+from kp3d_ros.model.preprocess import check_input_rule
 
 LOG = logging.getLogger(__name__)
 WORKSPACE_BYTES = 1 << 30
@@ -165,6 +166,7 @@ class TensorRTBackend(Backend):
         if int(max_batch) < 1:
             raise ValueError("max_batch must be >= 1")
         meta = read_metadata(self.model_path)
+        check_input_rule(meta, self.model_path)
         if "num_points" not in meta:
             raise TensorRTError(f"{self.model_path} has no num_points metadata (export it with `kp3d export`)")
         self.metadata = meta

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from kp3d_ros.model.network import KeypointNet, build_model
-from kp3d_ros.model.preprocess import CENTRE_RULE, DEFAULT_NUM_POINTS, SCALE
+from kp3d_ros.model.preprocess import CENTRE_RULE, DEFAULT_NUM_POINTS, SCALE, check_input_rule
 from kp3d_ros.skeleton import JOINT_NAMES, PART_NAMES
 
 FORMAT = "kp3d-checkpoint-1"
@@ -63,6 +63,7 @@ def load_model(path: str | Path) -> tuple[KeypointNet, dict]:
     model.eval()
     meta = default_meta()
     meta.update(payload.get("meta", {}))
+    check_input_rule(meta, path)
     return model, meta
 
 

@@ -23,6 +23,17 @@ CENTRE_RULE = ("mean of the crop's points; R = yaw rotation turning the centre's
                "input = R (p - centre) / scale")
 
 
+def check_input_rule(meta: dict, source: object = "model") -> None:
+    """ValueError when a model was trained with another input rule (centre, crop frame, scale) than this
+    code applies: its outputs would be silently wrong. Models without the metadata are not checked."""
+    rule, scale = meta.get("centre_rule"), meta.get("scale")
+    if rule is not None and rule != CENTRE_RULE:
+        raise ValueError(f"{source} was trained with the input rule {rule!r}, this code applies {CENTRE_RULE!r}: "
+                         "retrain or export a model for this version")
+    if scale is not None and float(scale) != SCALE:
+        raise ValueError(f"{source} uses scale {scale}, this code applies {SCALE}")
+
+
 @dataclass(frozen=True)
 class PreparedBatch:
     """Network input for B crops and what is needed to map outputs back."""
