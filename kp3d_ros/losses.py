@@ -254,12 +254,14 @@ def skeleton_plausibility(keypoints: torch.Tensor) -> dict[str, float]:
 # -- the total ------------------------------------------------------------------------------------
 @dataclass
 class LossWeights:
-    """Weights of the Stage II total (method.md defaults); bone terms are off by default."""
+    """Weights of the Stage II total: method.md's, except joint-to-part (method.md: 2.0), off because the
+    head's LiDAR returns lie sensor-side of the head centre and the loss then prefers wrong joints
+    (benchmarks/results/stage2.md); bone terms are off by default."""
 
     flow: float = 0.02
     p2l: float = 0.01
     sym: float = 0.5
-    j2p: float = 2.0
+    j2p: float = 0.0
     seg: float = 0.5
     bone: float = 0.0
     bone_group: float = 0.0

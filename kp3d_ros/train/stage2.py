@@ -43,7 +43,7 @@ DEFAULTS: dict = {
     "val_sequences": 16,  # held out from DATA for the unsupervised validation loss
     "keep_ground": True,  # crops keep their ground points, as the node's crops do
     "flow": {"method": "realtime", "iterations": 5, "cache_dir": ""},
-    "loss": {"flow": 0.02, "p2l": 0.01, "sym": 0.5, "j2p": 2.0, "seg": 0.5, "bone": 0.0, "bone_group": 0.0,
+    "loss": {"flow": 0.02, "p2l": 0.01, "sym": 0.5, "j2p": 0.0, "seg": 0.5, "bone": 0.0, "bone_group": 0.0,
              "bandwidth": losses.DEFAULT_BANDWIDTH, "detach_part_weights": False},
     "seg_target": "confident",  # confident | nearest_limb | none
     "confidence": 0.9,
