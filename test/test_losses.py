@@ -108,7 +108,8 @@ def test_gradients_reach_keypoints_and_segmentation(body):
     logits = logits.clone().mul(0.1).requires_grad_(True)
     batch = losses.PairBatch(points_t=points, points_t1=points + 0.1, carried_t=points + 0.1, carried_t1=points,
                              labels_t=torch.from_numpy(parts)[None], labels_t1=torch.from_numpy(parts)[None])
-    total, parts_out = losses.stage2_loss(batch, joints, logits, joints + 0.1, logits)
+    method_weights = losses.LossWeights(j2p=2.0)  # every term of method.md on
+    total, parts_out = losses.stage2_loss(batch, joints, logits, joints + 0.1, logits, method_weights)
     total.backward()
     assert set(parts_out) == {"flow", "p2l", "sym", "j2p", "seg"}
     assert torch.isfinite(joints.grad).all() and joints.grad.abs().sum() > 0
