@@ -1,0 +1,125 @@
+"""Node soak: a 10 Hz bag looped into the real kp3d_node for a while; every frame's end-to-end latency.
+
+Run: .venv/bin/python benchmarks/node_soak.py [--seconds 60] [--people 5] [--bag BAG] [--separate-replay]
+
+The bag (default: a 10 s synthetic street scene with 5 people, written once under data/bags/) is replayed
+in a loop at its original rate. By default the replay runs in this process (as `kp3d run --bag`);
+with --separate-replay it runs as its own `kp3d replay` process, as a LiDAR driver would. Latency is
+the node's own measure: cloud arrival in the subscription callback -> skeleton markers published.
+Prints a markdown row and the per-stage medians; --json writes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ensure_bag(path: Path, people: int, seed: int) -> Path:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.mcap")
+        subprocess.run([sys.executable, "-m", "kp3d_ros.cli", "synth-bag", str(partial), "--overwrite",
+                        "--people", str(people), "--seconds", "10", "--seed", str(seed)], check=True)
+        partial.rename(path)
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--people", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--bag", type=Path, help="bag to loop (default: a synthetic one under data/bags/)")
+    parser.add_argument("--separate-replay", action="store_true", help="replay from another process")
+    parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE", help="node parameter overrides")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from kp3d_ros.ros.dds import use_large_message_profile
+
+    use_large_message_profile()
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.node import Node
+
+    from kp3d_ros.core.params import load_params
+    from kp3d_ros.ros.replay import BagPlayer
+    from kp3d_ros.ros.run import make_node, parse_overrides, spin_until
+
+    bag = args.bag or ensure_bag(ROOT / "data" / "bags" / f"soak_{args.people}people_10s_seed{args.seed}.mcap",
+                                 args.people, args.seed)
+    params = load_params(overrides=parse_overrides(args.set))
+    rclpy.init()
+    executor = MultiThreadedExecutor(num_threads=2)
+    node = make_node(params)
+    if node is None:
+        return 1
+    executor.add_node(node)
+    player, replay_process, replay_node = None, None, None
+    if args.separate_replay:
+        replay_process = subprocess.Popen([sys.executable, "-m", "kp3d_ros.cli", "replay", str(bag), "--loop",
+                                           "--topics", "/points", "--wait-for-subscribers", "30"])
+    else:
+        replay_node = Node("kp3d_soak_replay")
+        executor.add_node(replay_node)
+        player = BagPlayer(replay_node, bag, loop=True, topics=["/points"])
+        spin_until(executor, lambda: player.publishers["/points"].get_subscription_count() > 0, 5.0)
+        player.start()
+    latencies, people, seen = [], [], 0
+    spin_until(executor, lambda: node.stats.received > 0, 60.0)  # the first cloud starts the clock
+    end = time.monotonic() + args.seconds
+    while time.monotonic() < end:
+        spin_until(executor, lambda: False, 0.5)
+        frames = node.stats.recent_frames()
+        new = node.stats.processed - seen
+        for _, latency, count in frames[len(frames) - min(new, len(frames)):]:
+            latencies.append(latency)
+            people.append(count)
+        seen += new
+    stats = node.stats.snapshot()
+    if player is not None:
+        player.stop()
+    if replay_process is not None:
+        replay_process.terminate()
+        replay_process.wait(10)
+    executor.shutdown()
+    node.destroy_node()
+    if replay_node is not None:
+        replay_node.destroy_node()
+    rclpy.try_shutdown()
+
+    lat = np.array(latencies)
+    summary = {
+        "bag": str(bag), "seconds": args.seconds,
+        "replay": "separate process" if args.separate_replay else "in process",
+        "received": stats["clouds_received"], "processed": stats["clouds_processed"],
+        "dropped_newer_arrived": stats["clouds_dropped_newer_arrived"], "malformed": stats["clouds_malformed"],
+        "frames_timed": int(lat.size), "people_mean": float(np.mean(people)) if people else 0.0,
+        "e2e_median_ms": float(np.median(lat)), "e2e_p90_ms": float(np.percentile(lat, 90)),
+        "e2e_p99_ms": float(np.percentile(lat, 99)), "e2e_max_ms": float(lat.max()),
+        "stage_median_ms": {k[len("latency_"):-len("_median_ms")]: round(v, 2) for k, v in stats.items()
+                            if k.startswith("latency_") and k.endswith("_median_ms")},
+    }
+    print("| replay | seconds | received | processed | dropped | people/frame | e2e median | p90 | p99 | max |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {summary['replay']} | {args.seconds:.0f} | {summary['received']} | {summary['processed']} | "
+          f"{summary['dropped_newer_arrived']} | {summary['people_mean']:.1f} | {summary['e2e_median_ms']:.1f} ms | "
+          f"{summary['e2e_p90_ms']:.1f} ms | {summary['e2e_p99_ms']:.1f} ms | {summary['e2e_max_ms']:.1f} ms |")
+    print("stage medians (ms, last 300 frames):", summary["stage_median_ms"])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
