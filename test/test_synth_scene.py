@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kp3d_ros.core.camera_geometry import camera_rotation
 from kp3d_ros.skeleton import NUM_CLASSES, NUM_JOINTS
-from kp3d_ros.synth.camera import PinholeCamera, SceneRenderer, rotation_rpy
+from kp3d_ros.synth.camera import PinholeCamera, SceneRenderer
 from kp3d_ros.synth.scene import MAX_RANGE, MIN_RANGE, SceneSimulator
 
 RATE = 10.0
@@ -135,7 +136,7 @@ def test_camera_projects_known_points_to_expected_pixels():
     rays = cam.pixel_rays()
     back, _ = cam.project(rays[[0, 640 * 100 + 37]] * 7.0)
     np.testing.assert_allclose(back, [[0.5, 0.5], [37.5, 100.5]], atol=1e-6)
-    assert np.allclose(rotation_rpy(0.0, 0.0, np.pi / 2) @ [1, 0, 0], [0, 1, 0])
+    assert np.allclose(camera_rotation(0.0, 0.0, np.pi / 2) @ [1, 0, 0], [0, 1, 0])
 
 
 def test_camera_agrees_with_the_node_overlay():

@@ -9,6 +9,7 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, Image
 
 from kp3d_ros import skeleton
+from kp3d_ros.core import camera_geometry
 
 SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "mono8")
 MIN_DEPTH = 0.1  # m; points closer to (or behind) the camera are not drawn
@@ -20,23 +21,10 @@ class OverlayError(ValueError):
     """The image or camera info cannot be used (unsupported encoding, wrong sizes, no intrinsics)."""
 
 
-def camera_rotation(roll: float, pitch: float, yaw: float) -> np.ndarray:
-    """Rotation taking camera (optical) axes to LiDAR axes: Rz(yaw) @ Ry(pitch) @ Rx(roll)."""
-    cr, sr, cp, sp, cy, sy = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw)
-    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
-    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
-    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def project(points: np.ndarray, k: np.ndarray, extrinsics: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Pixel coordinates (N, 2) of LiDAR-frame points and a mask of those in front of the camera."""
-    rotation = camera_rotation(*extrinsics[3:6])
-    in_camera = (np.asarray(points, dtype=np.float64) - np.asarray(extrinsics[:3])) @ rotation
-    depth = in_camera[:, 2]
-    front = depth > MIN_DEPTH
-    pixels = (in_camera @ k.T)[:, :2] / np.where(front, depth, 1.0)[:, None]
-    return pixels, front
+    pixels, depth = camera_geometry.project(points, k, extrinsics)
+    return pixels, depth > MIN_DEPTH
 
 
 def image_to_rgb(msg: Image) -> np.ndarray:

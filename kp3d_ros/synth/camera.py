@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import open3d as o3d
 
+from kp3d_ros.core.camera_geometry import camera_rotation, project
 from kp3d_ros.core.params import SPECS
 from kp3d_ros.synth.scene import FrameGeometry
 from kp3d_ros.synth.static_world import WorldMesh
@@ -22,15 +23,6 @@ DEFAULT_EXTRINSICS: tuple[float, ...] = tuple(SPECS["camera.extrinsics"].default
 SUN = np.array([0.4, 0.3, 0.85]) / np.linalg.norm([0.4, 0.3, 0.85])  # direction towards the light, world frame
 SKY_HORIZON, SKY_ZENITH = np.array([0.85, 0.9, 0.95]), np.array([0.45, 0.62, 0.88])
 FOG_DISTANCE = 150.0  # m; far surfaces fade towards the horizon colour
-
-
-def rotation_rpy(roll: float, pitch: float, yaw: float) -> np.ndarray:
-    """Rz(yaw) @ Ry(pitch) @ Rx(roll): camera axes expressed in the LiDAR frame."""
-    cr, sr, cp, sp, cy, sy = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw)
-    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
-    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
-    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 @dataclass(frozen=True)
@@ -55,7 +47,7 @@ class PinholeCamera:
     @property
     def rotation(self) -> np.ndarray:
         """Camera-to-LiDAR rotation (columns: the optical axes in the LiDAR frame)."""
-        return rotation_rpy(*self.extrinsics[3:6])
+        return camera_rotation(*self.extrinsics[3:6])
 
     @property
     def translation(self) -> np.ndarray:
@@ -63,11 +55,7 @@ class PinholeCamera:
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pixel coordinates (N, 2) and depths (N,) of LiDAR-frame points; depth <= 0 is behind the camera."""
-        in_camera = (np.asarray(points, dtype=np.float64) - self.translation) @ self.rotation
-        depth = in_camera[:, 2]
-        safe = np.where(np.abs(depth) > 1e-9, depth, 1e-9)
-        pixels = (in_camera @ self.k.T)[:, :2] / safe[:, None]
-        return pixels, depth
+        return project(points, self.k, self.extrinsics)
 
     def pixel_rays(self) -> np.ndarray:
         """Unit ray directions (H*W, 3) through the pixel centres, in the LiDAR frame, row-major."""

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.nn import functional
 
 from kp3d_ros.model.checkpoint import default_meta
 from kp3d_ros.model.network import KeypointNet, build_model, count_parameters
 from kp3d_ros.model.preprocess import SCALE, crop_frame, sample_indices, to_crop_frame
+from kp3d_ros.train.config import load_config as load_yaml_config
+from kp3d_ros.train.config import merge
 from kp3d_ros.train.loop import FitConfig, fit
 
 DEFAULTS: dict = {
@@ -38,18 +39,9 @@ DEFAULTS: dict = {
 }
 
 
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for k, v in (override or {}).items():
-        out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
-
-
 def load_config(path: str | Path | None) -> dict:
-    if path is None:
-        return merge(DEFAULTS, {})
-    with open(path) as f:
-        return merge(DEFAULTS, yaml.safe_load(f) or {})
+    """The YAML config at `path` over DEFAULTS."""
+    return load_yaml_config(path, DEFAULTS)
 
 
 # --- samples --------------------------------------------------------------------------------------

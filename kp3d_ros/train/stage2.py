@@ -28,6 +28,8 @@ from kp3d_ros import losses
 from kp3d_ros.core.flow import FlowEstimator
 from kp3d_ros.model.checkpoint import load_model
 from kp3d_ros.model.preprocess import prepare_batch, restore_keypoints
+from kp3d_ros.train.config import load_config as load_yaml_config
+from kp3d_ros.train.config import merge
 from kp3d_ros.train.loop import FitConfig, fit
 from kp3d_ros.train.pairs import PairSample, collate_pairs
 
@@ -53,18 +55,9 @@ DEFAULTS: dict = {
 }
 
 
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for k, v in (override or {}).items():
-        out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
-
-
 def load_config(path: str | Path | None) -> dict:
-    if not path:
-        return merge(DEFAULTS, {})
-    with open(path) as f:
-        return merge(DEFAULTS, yaml.safe_load(f) or {})
+    """The YAML config at `path` over DEFAULTS."""
+    return load_yaml_config(path, DEFAULTS)
 
 
 # -- data -----------------------------------------------------------------------------------------
