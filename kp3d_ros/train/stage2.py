@@ -52,6 +52,9 @@ DEFAULTS: dict = {
     "train": {"epochs": 4, "steps_per_epoch": 50, "batch_size": 16, "pairs_per_track": 2, "lr": 1.0e-4,
               "weight_decay": 0.0, "warmup_steps": 10, "max_minutes": 15.0, "grad_clip": 1.0},
     "eval": {"data": "", "max_sequences": 0},  # labelled sequences for the MPJPE report
+    # Labelled synthetic (source) batches mixed into every step with this weight x the Stage I loss, which
+    # anchors the network while the unsupervised losses adapt it; 0 or no data: off.
+    "source": {"data": "", "weight": 0.0, "batch_size": 16, "config": "config/stage1.yaml"},
 }
 
 
@@ -180,6 +183,21 @@ def pair_batches(tracks: list[list[PairSample]], cfg: dict, epoch: int):
         yield collate_pairs(samples, cfg["num_points"], rng)
 
 
+def source_batches(cfg: dict):
+    """An endless iterator of augmented, labelled Stage I batches (points, joints, parts) from
+    cfg['source']['data'] (a `kp3d synth` root with a train/ split), or None when mixing is off."""
+    source = cfg["source"]
+    if not source["data"] or float(source["weight"]) <= 0:
+        return None
+    from kp3d_ros.train import stage1
+
+    s1 = stage1.load_config(source["config"] if Path(source["config"]).is_file() else None)
+    s1["num_points"] = cfg["num_points"]
+    s1["train"] = s1["train"] | {"batch_size": int(source["batch_size"]), "steps_per_epoch": 1 << 30}
+    dataset = stage1.open_split(Path(source["data"]), "train")
+    return stage1.training_batches(dataset, s1, 0, stage1.make_augmenter(s1["augment"], s1.get("sensor_augment")))
+
+
 class Stage2Objective:
     """Forward pass on both frames, pseudo-labels and the weighted Stage II loss."""
 
@@ -283,8 +301,16 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
     val_rng = np.random.default_rng(1234)
     val_prepared = [collate_pairs(pairs, cfg["num_points"], val_rng) for pairs in val_tracks] if n_val else []
 
+    source = source_batches(cfg)
+
     def step(prepared) -> dict[str, float]:
         total, parts = objective(prepared.batch)
+        if source is not None:
+            from kp3d_ros.train.stage1 import stage1_losses
+
+            supervised = stage1_losses(model, *next(source), w_kp=0.5, w_seg=1.0)["loss"]
+            total = total + float(cfg["source"]["weight"]) * supervised
+            parts = parts | {"source": float(supervised.detach())}
         total.backward()
         return {"loss": float(total.detach()), **parts}
 
