@@ -32,7 +32,8 @@ from kp3d_ros.ros.replay import BagPlayer  # noqa: E402
 from kp3d_ros.ros.run import make_node  # noqa: E402
 
 pytestmark = pytest.mark.ros
-PELVIS_TOLERANCE = 0.5  # m, median over true people; loose on purpose (model accuracy: `kp3d demo`, `kp3d eval`)
+PELVIS_TOLERANCE = 0.15  # m, median over true people (the model's own accuracy: `kp3d demo`, `kp3d eval`)
+MPJPE_TOLERANCE = 0.12  # m, median over true people matched by pelvis within 2 x PELVIS_TOLERANCE
 
 
 def _stamp_ns(header: Header) -> int:
@@ -147,7 +148,7 @@ def test_bag_through_node_gives_skeletons_near_truth(ros, bag):
         skeletons, keypoints, truth = list(probe.skeletons), dict(probe.keypoints), dict(probe.truth)
     assert len(truth) >= 12 and len(skeletons) >= 5
     cloud_stamps = set(truth)  # the bag's ground truth shares the clouds' stamps
-    pelvis_errors, people_seen = [], 0
+    pelvis_errors, mpjpes, people_seen = [], [], 0
     for msg in skeletons:
         markers = msg.markers
         assert markers[0].action == Marker.DELETEALL
@@ -162,15 +163,21 @@ def test_bag_through_node_gives_skeletons_near_truth(ros, bag):
         people_seen = max(people_seen, people)
         predicted = layouts.people_from_keypoints(keypoints[stamp], skeleton.NUM_JOINTS)
         true = layouts.people_from_keypoints(truth[stamp], skeleton.NUM_JOINTS)
-        if predicted:  # each true person: distance to the nearest predicted pelvis
-            predicted_pelvis = np.stack([skeleton.pelvis(j) for j in predicted.values()])
+        if predicted:  # each true person: distance to the nearest predicted pelvis, and that person's MPJPE
+            predicted_joints = np.stack(list(predicted.values()))
+            predicted_pelvis = np.stack([skeleton.pelvis(j) for j in predicted_joints])
             for joints in true.values():
-                pelvis_errors.append(np.linalg.norm(predicted_pelvis - skeleton.pelvis(joints), axis=1).min())
+                distance = np.linalg.norm(predicted_pelvis - skeleton.pelvis(joints), axis=1)
+                pelvis_errors.append(distance.min())
+                if distance.min() < 2 * PELVIS_TOLERANCE:
+                    mpjpes.append(np.linalg.norm(predicted_joints[distance.argmin()] - joints, axis=1).mean())
     assert people_seen >= 2
     found = np.mean(np.array(pelvis_errors) < 2 * PELVIS_TOLERANCE)
     print(f"true people with a predicted pelvis within {2 * PELVIS_TOLERANCE} m: {found:.2f}, median distance "
           f"{np.median(pelvis_errors):.2f} m")
+    print(f"MPJPE of matched people: median {np.median(mpjpes):.3f} m over {len(mpjpes)}")
     assert found >= 0.5 and np.median(pelvis_errors) < PELVIS_TOLERANCE
+    assert np.median(mpjpes) < MPJPE_TOLERANCE
     # camera overlay came with the bag's images
     assert probe.overlays and probe.overlays[-1].encoding == "rgb8"
     # use_sim_time: the node's clock follows the bag's /clock
