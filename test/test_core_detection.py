@@ -127,3 +127,16 @@ def test_smoother_follows_translation_without_lag_and_reduces_jitter():
     smoother.keep_only([])
     out, _ = smoother.smooth(7, pose, np.ones(14, np.float32), np.zeros(3, np.float32))
     np.testing.assert_allclose(out, pose)  # state of a dead track is gone
+
+
+def test_candidates_split_people_joined_by_low_clutter():
+    """Two people 1 m apart whose feet are joined by a low box (a bench, a kerb bush): one 2 m wide cluster on
+    the ground grid, rejected as too wide, then split into both people above SPLIT_MIN_HEIGHT."""
+    rng = np.random.default_rng(6)
+    gz = ground_z(8, 0)
+    low_box = box_points(rng, 8, 0.5, gz, (0.6, 2.0, 0.3), n=800)
+    cloud = np.concatenate([tilted_ground(rng, 30000), person(rng, 8, 0, gz), person(rng, 8, 1.0, gz), low_box])
+    found = candidates_of(cloud)
+    assert len(found) == 2
+    np.testing.assert_allclose(found.centres[np.argsort(found.centres[:, 1])], [[8, 0], [8, 1.0]], atol=0.15)
+    assert len(candidates_of(cloud, split=False)) == 0  # what the ground grid alone gives

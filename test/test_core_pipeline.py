@@ -153,3 +153,23 @@ def test_tracks_the_network_keeps_rejecting_are_only_rechecked(frames):
             pipeline._count_rejections([clutter], np.array([0]))
     assert checked_frames[:10] == [True, True, True, True, False, False, False, True, False, False]
     assert checked_frames[10:] == [True, True]
+
+
+def test_body_share_counts_only_points_near_the_track_axis():
+    """A person beside a parked car: the car's points in the crop cylinder are rightly background and must
+    not make the network's body share fail; with the core radius spanning the whole crop they do."""
+    from kp3d_ros.core.pipeline import TrackedCrop
+
+    model = _model_or_skip()
+    params = {**defaults(), "network.backend": "onnxruntime", "network.model_path": str(model)}
+    pipeline = PerceptionPipeline.from_params(params)
+    rng = np.random.default_rng(0)
+    body = np.column_stack([rng.normal(10, 0.1, 200), rng.normal(0, 0.1, 200), rng.uniform(-1.8, -0.2, 200)])
+    car = np.column_stack([rng.uniform(10.5, 10.9, 100), rng.uniform(-0.8, 0.8, 100), rng.uniform(-1.8, -0.5, 100)])
+    crop = TrackedCrop(1, np.concatenate([body, car]).astype(np.float32), np.array([10, 0, -1.9], np.float32),
+                       None, np.zeros(3, np.float32))
+    parts = [np.concatenate([np.full(200, 2, np.uint8), np.zeros(100, np.uint8)])]  # torso, then background
+    mask = [np.ones(300, bool)]
+    assert list(pipeline._confirmed_by_network([crop], parts, mask)) == [0]
+    pipeline.params["detection.body_core_radius"] = 2.0
+    assert list(pipeline._confirmed_by_network([crop], parts, mask)) == []

@@ -3,6 +3,9 @@
 The non-ground points up to a person's height above the local ground are projected onto a dense
 x-y grid of detection.voxel_size cells; 8-connected components of occupied cells (scipy.ndimage.label)
 are clusters, kept when their point count, height above ground, base and width fit a person.
+A cluster that fits but for being too wide (people walking side by side, a person beside a car or a
+bush) is split once: its points above SPLIT_MIN_HEIGHT, where bodies are apart even when feet touch
+and where low clutter ends, are clustered again, and those clusters are judged alike.
 Linear in the number of points; no neighbour search.
 """
 
@@ -14,6 +17,8 @@ import numpy as np
 from scipy import ndimage
 
 HEAD_ROOM = 0.3  # m above detection.max_height still projected (so a too-tall object is seen as too tall)
+SPLIT_MAX_WIDTH = 6.0  # m: wider clusters are not split (walls, rows of cars)
+SPLIT_MIN_HEIGHT = 0.5  # m above the ground: the points a wide cluster is split on
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
@@ -51,7 +56,7 @@ def _box_sides(labels: np.ndarray, num: int) -> np.ndarray:
 
 def find_candidates(points: np.ndarray, height_above: np.ndarray, extent: float, voxel_size: float,
                     min_points: int, min_height: float, max_height: float, max_width: float,
-                    max_base: float, min_width: float = 0.0) -> Candidates:
+                    max_base: float, min_width: float = 0.0, split: bool = True) -> Candidates:
     """Person candidates among non-ground points (M, 3) with their heights above ground (M,)."""
     band = height_above <= max_height + HEAD_ROOM
     xy = points[band, :2]
@@ -79,9 +84,24 @@ def find_candidates(points: np.ndarray, height_above: np.ndarray, extent: float,
     np.minimum.at(base, point_label, h.astype(np.float32, copy=False))
     widths = _box_sides(labels, num) * voxel_size
     top, base = top[1:], base[1:]
-    keep = ((counts >= min_points) & (top >= min_height) & (top <= max_height) & (widths <= max_width)
-            & (widths >= min_width) & (base <= max_base))
+    fits = (counts >= min_points) & (top >= min_height) & (top <= max_height) & (base <= max_base)
+    keep = fits & (widths <= max_width) & (widths >= min_width)
     order = np.flatnonzero(keep)
-    order = order[np.argsort(-counts[order], kind="stable")]
     centres = np.stack([sum_x[order] / counts[order], sum_y[order] / counts[order]], axis=1).astype(np.float32)
-    return Candidates(centres, top[order], base[order], widths[order], counts[order])
+    found = Candidates(centres, top[order], base[order], widths[order], counts[order])
+    wide = fits & (widths > max_width) & (widths <= SPLIT_MAX_WIDTH)
+    if split and wide.any():
+        upper = wide[point_label - 1] & (h >= SPLIT_MIN_HEIGHT)
+        band_index = np.flatnonzero(band)[upper]
+        parts = find_candidates(points[band_index], height_above[band_index], extent, voxel_size, min_points,
+                                min_height, max_height, max_width, max_base, min_width, split=False)
+        found = _concatenated(found, parts)
+    order = np.argsort(-found.counts, kind="stable")
+    return Candidates(found.centres[order], found.heights[order], found.bases[order], found.widths[order],
+                      found.counts[order])
+
+
+def _concatenated(a: Candidates, b: Candidates) -> Candidates:
+    return Candidates(np.concatenate([a.centres, b.centres]), np.concatenate([a.heights, b.heights]),
+                      np.concatenate([a.bases, b.bases]), np.concatenate([a.widths, b.widths]),
+                      np.concatenate([a.counts, b.counts]))

@@ -58,9 +58,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       0.0, 3.0),
     P("detection.max_base", 1.5, "Highest lowest point (m above the local ground) of a person candidate (legs hidden).",
       0.0, 3.0),
-    P("detection.min_body_share", 0.9,
-      "Lowest share of a track's non-ground crop points that the network labels as a body part; tracks below "
-      "are not published (clutter the geometric filter let through). 0 publishes every track.", 0.0, 1.0),
+    P("detection.min_body_share", 0.98,
+      "Lowest share of a track's non-ground crop points within detection.body_core_radius of its axis that the "
+      "network labels as a body part; tracks below are not published (clutter the geometric filter let "
+      "through). 0 publishes every track.", 0.0, 1.0),
+    P("detection.body_core_radius", 0.4,
+      "Radius (m) around a track's axis of the crop points that decide detection.min_body_share (farther ones, "
+      "such as a car beside the person, are rightly background).", 0.1, 2.0),
     P("detection.recheck_interval", 5,
       "A track the network rejected in 3 frames in a row (static clutter) goes through the network again only every "
       "this many frames; 1 checks every track in every frame.", 1, 100),
@@ -114,6 +118,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
 del P
 
 SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """NAME=VALUE strings (values parsed as YAML, as on the command line of `kp3d run --set`) to a dict."""
+    overrides = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise ParameterError(f"--set expects NAME=VALUE, got {item!r}")
+        overrides[name.strip()] = yaml.safe_load(text)
+    return overrides
 
 
 def defaults() -> dict[str, Any]:

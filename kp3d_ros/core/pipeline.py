@@ -223,7 +223,7 @@ class PerceptionPipeline:
             return []
         _, _, parts = self._network([c.points for c in crops])
         masks = [c.person_mask if c.person_mask is not None else np.ones(len(c.points), bool) for c in crops]
-        return [crops[i] for i in self._confirmed_by_network(parts, masks)]
+        return [crops[i] for i in self._confirmed_by_network(crops, parts, masks)]
 
     # -- full frame ----------------------------------------------------------------------------------
     def process(self, points: np.ndarray, stamp_ns: int) -> FrameResult:
@@ -236,7 +236,7 @@ class PerceptionPipeline:
         checked = self._worth_checking(state.crops)
         crops, masks = [state.crops[i] for i in checked], [state.person_masks[i] for i in checked]
         joints, confidence, parts = self._network([c.points for c in crops])
-        keep = self._confirmed_by_network(parts, masks)
+        keep = self._confirmed_by_network(crops, parts, masks)
         self._count_rejections(crops, keep)
         crops = [crops[i] for i in keep]
         joints, confidence, parts = joints[keep], confidence[keep], [parts[i] for i in keep]
@@ -275,14 +275,20 @@ class PerceptionPipeline:
         parts = point_parts(out.logits, batch.indices, batch.counts, crops)
         return joints, confidence, parts
 
-    def _confirmed_by_network(self, parts: list[np.ndarray], person_masks: list[np.ndarray]) -> np.ndarray:
-        """Indices of the crops whose non-ground points the network mostly labels as body parts."""
+    def _confirmed_by_network(self, crops: list[TrackedCrop], parts: list[np.ndarray],
+                              person_masks: list[np.ndarray]) -> np.ndarray:
+        """Indices of the crops whose non-ground points near the track's axis the network mostly labels as
+        body parts (detection.body_core_radius). Points farther out (a parked car or another person inside the
+        crop cylinder) are rightly background and do not count against the person."""
         threshold = self.params["detection.min_body_share"]
         if self.backend is None or threshold <= 0:
             return np.arange(len(parts))
-        shares = np.array([np.count_nonzero(p[m]) / max(np.count_nonzero(m), 1)
-                           for p, m in zip(parts, person_masks, strict=True)])
-        return np.flatnonzero(shares >= threshold)
+        radius = self.params["detection.body_core_radius"]
+        shares = []
+        for c, p, m in zip(crops, parts, person_masks, strict=True):
+            core = m & (np.hypot(c.points[:, 0] - c.centre[0], c.points[:, 1] - c.centre[1]) < radius)
+            shares.append(np.count_nonzero(p[core]) / max(np.count_nonzero(core), 1))
+        return np.flatnonzero(np.array(shares) >= threshold)
 
     REJECTIONS_TO_SKIP = 3  # network rejections in a row after which a track is only rechecked now and then
 

@@ -15,7 +15,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from kp3d_ros.core import params as params_module
-from kp3d_ros.core.params import ParameterError
+from kp3d_ros.core.params import ParameterError, parse_overrides
 from kp3d_ros.resources import find_share_file
 from kp3d_ros.ros.dds import use_large_message_profile
 from kp3d_ros.ros.node import Kp3dNode, create_node
@@ -84,18 +84,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", default=DEFAULT_REMAPS["image"], help="camera image topic (camera.enabled)")
     parser.add_argument("--camera-info", default=DEFAULT_REMAPS["camera_info"], help="camera info topic")
     parser.add_argument("--duration", type=float, help="stop after this many seconds (default: end of bag or Ctrl-C)")
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    overrides = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        if not sep:
-            raise ParameterError(f"--set expects NAME=VALUE, got {item!r}")
-        overrides[name.strip()] = yaml.safe_load(text)
-    return overrides
 
 
 def main(args: argparse.Namespace) -> int:

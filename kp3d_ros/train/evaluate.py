@@ -152,14 +152,14 @@ def evaluate_bag(args: argparse.Namespace) -> int:
     compare every frame's people with the ground truth on --gt-topic: PEM (Hungarian matching, 0.25 m
     penalty per keypoint of a missed or false person) and MPJPE etc. over the matched people."""
     from kp3d_ros.core.bagio import BagError, iter_scans, read_keypoints
-    from kp3d_ros.core.params import load_params
+    from kp3d_ros.core.params import load_params, parse_overrides
     from kp3d_ros.core.pipeline import PerceptionPipeline
 
     backend = "torch" if Path(args.model).suffix == ".pt" else "onnxruntime"
     try:
         gt = read_keypoints(args.bag, args.gt_topic)
-        params = load_params(None, {"network.model_path": str(args.model), "network.backend": backend,
-                                    "network.threads": args.threads})
+        params = load_params(args.params, {**parse_overrides(args.set), "network.model_path": str(args.model),
+                                           "network.backend": backend, "network.threads": args.threads})
         pipeline = PerceptionPipeline.from_params(params)
         pred_frames, gt_frames, matched_pred, matched_gt = [], [], [], []
         for scan in iter_scans(args.bag, args.topic):
@@ -180,7 +180,7 @@ def evaluate_bag(args: argparse.Namespace) -> int:
                 keep = cost[rows, cols] <= BAG_MATCH_DISTANCE
                 matched_pred.append(people[rows[keep]])
                 matched_gt.append(truth[cols[keep]])
-    except (BagError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (BagError, FileNotFoundError, ValueError, RuntimeError) as exc:  # ParameterError is a ValueError
         print(f"error: {exc}")
         return 1
     if not gt_frames:
@@ -209,6 +209,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="write the summary as JSON here")
     parser.add_argument("--markdown", help="write the tables as markdown here")
     parser.add_argument("--plot", help="write a PNG of predictions vs ground truth here")
+    parser.add_argument("--params", help="with --bag: node parameter YAML for the pipeline (default: the defaults)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="with --bag: parameter overrides, e.g. --set detection.min_body_share=0.8")
 
 
 def main(args: argparse.Namespace) -> int:
