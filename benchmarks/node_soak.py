@@ -51,9 +51,9 @@ def main() -> int:
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
 
-    from kp3d_ros.core.params import load_params
+    from kp3d_ros.core.params import load_params, parse_overrides
     from kp3d_ros.ros.replay import BagPlayer
-    from kp3d_ros.ros.run import make_node, parse_overrides, spin_until
+    from kp3d_ros.ros.run import make_node, spin_until
 
     bag = args.bag or ensure_bag(ROOT / "data" / "bags" / f"soak_{args.people}people_10s_seed{args.seed}.mcap",
                                  args.people, args.seed)

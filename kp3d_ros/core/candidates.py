@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 HEAD_ROOM = 0.3  # m above detection.max_height still projected (so a too-tall object is seen as too tall)
-SPLIT_MAX_WIDTH = 6.0  # m: wider clusters are not split (walls, rows of cars)
+SPLIT_MAX_WIDTH = 3.5  # m: wider clusters (cars, walls) are not split
 SPLIT_MIN_HEIGHT = 0.5  # m above the ground: the points a wide cluster is split on
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -69,8 +69,11 @@ def find_candidates(points: np.ndarray, height_above: np.ndarray, extent: float,
     iy = ((xy[:, 1] + np.float32(extent)) * np.float32(scale)).astype(np.intp)
     np.clip(ix, 0, n - 1, out=ix)
     np.clip(iy, 0, n - 1, out=iy)
-    flat = ix * n + iy
-    occupied = np.bincount(flat, minlength=n * n).reshape(n, n) > 0
+    ix -= ix.min()  # the grid spans only the occupied cells' bounding box
+    iy -= iy.min()
+    nx, ny = int(ix.max()) + 1, int(iy.max()) + 1
+    flat = ix * ny + iy
+    occupied = np.bincount(flat, minlength=nx * ny).reshape(nx, ny) > 0
     labels, num = ndimage.label(occupied, structure=EIGHT_CONNECTED)
     if num == 0:
         return _empty()
