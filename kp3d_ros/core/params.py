@@ -62,7 +62,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       "Lowest share of a track's non-ground crop points within detection.body_core_radius of its axis that the "
       "network labels as a body part; tracks below are not published (clutter the geometric filter let "
       "through). 0 publishes every track.", 0.0, 1.0),
-    P("detection.body_core_radius", 0.4,
+    P("detection.body_core_radius", 0.5,
       "Radius (m) around a track's axis of the crop points that decide detection.min_body_share (farther ones, "
       "such as a car beside the person, are rightly background).", 0.1, 2.0),
     P("detection.recheck_interval", 5,

@@ -8,6 +8,7 @@ queues without bound, and callbacks never wait for inference.
 from __future__ import annotations
 
 import array
+import gc
 import sys
 import threading
 import time
@@ -145,6 +146,11 @@ class Kp3dNode(Node):
         self.diagnostics_timer = self.create_timer(self.params["diagnostics.period_s"], self.publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
+        # Everything loaded so far (torch, ONNX Runtime, SciPy, the model) lives as long as the node: move it
+        # out of the garbage collector's view. A full collection then takes milliseconds instead of ~120 ms
+        # of stopping every thread, which showed as latency spikes and dropped clouds.
+        gc.collect()
+        gc.freeze()
         self._worker = threading.Thread(target=self._work, name="kp3d_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
