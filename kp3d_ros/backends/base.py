@@ -20,16 +20,18 @@ class Backend(ABC):
     """Runs the keypoint and segmentation network on normalised crops (B, N, 3) float32."""
 
     name: str = "abstract"
+    _num_points: int  # set by each backend's constructor
+    _max_batch: int
 
     @property
-    @abstractmethod
     def num_points(self) -> int:
         """Points per crop N that the network takes."""
+        return self._num_points
 
     @property
-    @abstractmethod
     def max_batch(self) -> int:
         """Largest batch one call accepts; callers split larger batches."""
+        return self._max_batch
 
     @abstractmethod
     def infer(self, crops: np.ndarray) -> NetworkOutput:

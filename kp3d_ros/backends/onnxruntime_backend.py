@@ -72,14 +72,6 @@ class OnnxRuntimeBackend(Backend):
         return self._ort.InferenceSession(model_bytes, sess_options=options, providers=self.providers)
 
     @property
-    def num_points(self) -> int:
-        return self._num_points
-
-    @property
-    def max_batch(self) -> int:
-        return self._max_batch
-
-    @property
     def active_providers(self) -> list[str]:
         return self._session.get_providers()
 

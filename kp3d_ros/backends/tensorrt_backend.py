@@ -237,14 +237,6 @@ class TensorRTBackend(Backend):
             self._outputs[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
 
     # --- Backend -------------------------------------------------------------------------------
-    @property
-    def num_points(self) -> int:
-        return self._num_points
-
-    @property
-    def max_batch(self) -> int:
-        return self._max_batch
-
     def infer(self, crops: np.ndarray) -> NetworkOutput:
         crops = check_crops(crops, self._num_points, self._max_batch)
         if not crops.flags.writeable:  # torch.from_numpy wants a writable array

@@ -25,14 +25,6 @@ class TorchBackend(Backend):
         self._max_batch = int(max_batch)
         self._num_points = int(self.meta["num_points"])
 
-    @property
-    def num_points(self) -> int:
-        return self._num_points
-
-    @property
-    def max_batch(self) -> int:
-        return self._max_batch
-
     def infer(self, crops: np.ndarray) -> NetworkOutput:
         crops = check_crops(crops, self._num_points, self._max_batch)
         with torch.no_grad():
