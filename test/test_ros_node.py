@@ -138,8 +138,8 @@ def _idle(node, quiet_s: float = 0.5, timeout: float = 20.0) -> None:
 def test_bag_through_node_gives_skeletons_near_truth(ros, bag):
     node, probe, player_node = ros
     topics = ["/points", "/kp3d/gt/keypoints", "/camera/image_raw", "/camera/camera_info"]
-    # half speed: this process also runs the replay, the probe and pytest; occasional stalls of up to a second
-    # in it (benchmarks/node_soak.py, without camera and sim time, shows none) must not starve the node
+    # half speed: this process also runs the replay, the probe and pytest on two cores; a slow frame here
+    # must not cost the test its skeletons (node latency is measured by benchmarks/node_soak.py)
     player = BagPlayer(player_node, bag, rate=0.5, clock=True, topics=topics, start_delay=0.3)
     assert player.topics() == sorted(topics)
     assert _wait(lambda: all(p.get_subscription_count() > 0 for p in player.publishers.values()))
@@ -148,7 +148,7 @@ def test_bag_through_node_gives_skeletons_near_truth(ros, bag):
     _idle(node)
     with probe.lock:
         skeletons, keypoints, truth = list(probe.skeletons), dict(probe.keypoints), dict(probe.truth)
-    assert len(truth) >= 12 and len(skeletons) >= 3  # stalls in this busy process cost frames (see above)
+    assert len(truth) >= 12 and len(skeletons) >= 3  # slow frames in this busy process cost some (see above)
     cloud_stamps = set(truth)  # the bag's ground truth shares the clouds' stamps
     pelvis_errors, mpjpes, people_seen = [], [], 0
     for msg in skeletons:
