@@ -94,7 +94,7 @@ class PerceptionPipeline:
         self._rng = np.random.default_rng(seed)
         self._previous_crops: dict[int, np.ndarray] = {}
         self._previous_people: dict[int, np.ndarray] = {}  # per track: the points flow was estimated on
-        self._rejections: dict[int, int] = {}  # per track: network rejections in a row, and frames since
+        self._rejections: dict[int, int] = {}  # per track: frames in a row the network rejected (or skipped) it
         self._last_stamp_ns: int | None = None
         self.tracker = Tracker(self.params["tracking.gate_distance"], self.params["tracking.max_missed"],
                                self.params["tracking.min_hits"])

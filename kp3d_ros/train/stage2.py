@@ -32,6 +32,7 @@ from kp3d_ros.train.config import load_config as load_yaml_config
 from kp3d_ros.train.config import merge
 from kp3d_ros.train.loop import FitConfig, fit
 from kp3d_ros.train.pairs import PairSample, collate_pairs
+from kp3d_ros.train.stage1 import stage1_losses
 
 GROUND_THRESHOLD = 0.08  # m above the crop's ground: points below are ground (as the node removes them)
 
@@ -306,8 +307,6 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
     def step(prepared) -> dict[str, float]:
         total, parts = objective(prepared.batch)
         if source is not None:
-            from kp3d_ros.train.stage1 import stage1_losses
-
             supervised = stage1_losses(model, *next(source), w_kp=0.5, w_seg=1.0)["loss"]
             total = total + float(cfg["source"]["weight"]) * supervised
             parts = parts | {"source": float(supervised.detach())}
