@@ -40,7 +40,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--bag", type=Path, help="bag to loop (default: a synthetic one under data/bags/)")
     parser.add_argument("--separate-replay", action="store_true", help="replay from another process")
-    parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE", help="node parameter overrides")
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="node parameter overrides")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 

@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="node parameter YAML (default: config/kp3d.yaml)")
     parser.add_argument("--backend", choices=params_module.SPECS["network.backend"].choices,
                         help="override network.backend")
-    parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="NAME=VALUE",
                         help="override parameters (YAML values), e.g. --set camera.enabled=true")
     parser.add_argument("--bag", type=Path, help="also replay this bag into the node")
     parser.add_argument("--rate", type=float, default=1.0, help="replay speed factor")

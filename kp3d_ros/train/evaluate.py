@@ -210,7 +210,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", help="write the tables as markdown here")
     parser.add_argument("--plot", help="write a PNG of predictions vs ground truth here")
     parser.add_argument("--params", help="with --bag: node parameter YAML for the pipeline (default: the defaults)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="NAME=VALUE",
                         help="with --bag: parameter overrides, e.g. --set detection.min_body_share=0.8")
 
 

@@ -30,6 +30,7 @@ DEFAULTS: dict = {
     "num_points": 128,
     "seed": 0,
     "threads": 1,
+    "init": None,  # checkpoint to start from (fresh optimizer and lr schedule: a warm restart)
     "model": {"dim": 64, "depth": 3, "heads": 4, "mlp_ratio": 2},
     "train": {"epochs": 20, "steps_per_epoch": 250, "batch_size": 32, "lr": 2.0e-3, "weight_decay": 0.05,
               "warmup_steps": 200, "w_kp": 0.5, "w_seg": 1.0, "max_minutes": 45.0, "grad_clip": 1.0},
@@ -199,6 +200,8 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
     train_set, val_set = open_split(root, "train"), open_split(root, "val")
     tcfg = cfg["train"]
     model = build_model(cfg["model"])
+    if cfg.get("init") and not resume:
+        init_from(model, cfg, log)
     log(f"{datetime.now():%H:%M:%S} stage1: {len(available_indices(train_set))} of {len(train_set)} train samples "
         f"written / {len(val_set)} val, "
         f"{count_parameters(model)} parameters, config {cfg}")
@@ -223,12 +226,29 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
     return {"result": result, "out": cfg["out"]}
 
 
+def init_from(model: KeypointNet, cfg: dict, log=print) -> None:
+    """Load the weights of checkpoint cfg['init'] into `model`; its architecture and N must match."""
+    from kp3d_ros.model.checkpoint import load_model
+
+    source, meta = load_model(cfg["init"])
+    if int(meta.get("num_points", cfg["num_points"])) != int(cfg["num_points"]):
+        raise ValueError(f"--init {cfg['init']} was trained with num_points {meta.get('num_points')}, "
+                         f"the config says {cfg['num_points']}")
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as exc:
+        raise ValueError(f"--init {cfg['init']} does not match the config's model {cfg['model']}: {exc}") from exc
+    log(f"initialised from {cfg['init']}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="config/stage1.yaml", help="YAML config (defaults for missing keys)")
     parser.add_argument("--data", help="data root with train/ and val/ splits (overrides the config)")
     parser.add_argument("--out", help="run directory (overrides the config)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--init", help="start from this checkpoint's weights (new optimizer and lr schedule)")
     parser.add_argument("--epochs", type=int, help="override train.epochs")
+    parser.add_argument("--lr", type=float, help="override train.lr (peak learning rate)")
     parser.add_argument("--max-minutes", type=float, help="override train.max_minutes (wall-clock budget)")
 
 
@@ -236,12 +256,13 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config if args.config and Path(args.config).is_file() else None)
     if args.config and not Path(args.config).is_file():
         print(f"warning: config {args.config} not found, using defaults")
-    cfg = merge(cfg, {k: v for k, v in {"data": args.data, "out": args.out}.items() if v})
-    overrides = {k: v for k, v in {"epochs": args.epochs, "max_minutes": args.max_minutes}.items() if v is not None}
+    cfg = merge(cfg, {k: v for k, v in {"data": args.data, "out": args.out, "init": args.init}.items() if v})
+    given = {"epochs": args.epochs, "max_minutes": args.max_minutes, "lr": args.lr}
+    overrides = {k: v for k, v in given.items() if v is not None}
     cfg["train"] = cfg["train"] | overrides
     try:
         run(cfg, resume=args.resume)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}")
         return 1
     return 0

@@ -356,7 +356,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--epochs", type=int, help="override train.epochs")
     parser.add_argument("--max-minutes", type=float, help="override train.max_minutes")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override config entries, e.g. loss.sym=0 seg_target=none (values parsed as YAML)")
 
 
