@@ -39,6 +39,10 @@ BONE_GROUPS: dict[str, tuple[str, ...]] = {
     "legs": ("left_thigh", "left_shin", "right_thigh", "right_shin"),
     "trunk": ("torso", "shoulders", "hips"),
 }
+# 90th percentile of the distance from a part's points to its true limb segment (m), per limb in
+# sk.LIMB_NAMES order, measured on 600 Stage I validation samples (data/stage1/val, all presets): a body
+# model prior, like the bone lengths. points_to_limb_loss(margin=s) ignores distances below s times these.
+LIMB_RADIUS_P90 = torch.tensor([0.133, 0.174, 0.082, 0.060, 0.082, 0.060, 0.113, 0.080, 0.113, 0.080])
 # Left/right bone pairs (indices into BONE_NAMES) for the symmetry part of plausibility.
 MIRROR_BONES = [(BONE_NAMES.index(a), BONE_NAMES.index(a.replace("left", "right")))
                 for a in BONE_NAMES if a.startswith("left")]
@@ -122,9 +126,16 @@ def flow_loss(points_t: torch.Tensor, carried_t: torch.Tensor, keypoints_t: torc
 
 
 def points_to_limb_loss(points: torch.Tensor, keypoints: torch.Tensor, probs: torch.Tensor,
-                        valid: torch.Tensor | None = None) -> torch.Tensor:
-    """L_p2l: probability-weighted distance of each part's points to its limb segment."""
-    return _limb_mean(segment_distance(points, keypoints), limb_weights(probs), _mask(valid, points))
+                        valid: torch.Tensor | None = None, margin: float = 0.0) -> torch.Tensor:
+    """L_p2l: probability-weighted distance of each part's points to its limb segment.
+
+    margin > 0 counts only the distance beyond margin x LIMB_RADIUS_P90 (a dead zone): a LiDAR sees one
+    side of a limb, so the plain loss (margin 0, the paper's) pulls the limb onto the visible surface.
+    """
+    distance = segment_distance(points, keypoints)
+    if margin:
+        distance = torch.relu(distance - margin * _like(LIMB_RADIUS_P90, distance)[None, :, None])
+    return _limb_mean(distance, limb_weights(probs), _mask(valid, points))
 
 
 def symmetry_loss(points: torch.Tensor, keypoints: torch.Tensor, probs: torch.Tensor,
@@ -266,6 +277,7 @@ class LossWeights:
     bone: float = 0.0
     bone_group: float = 0.0
     bandwidth: float = DEFAULT_BANDWIDTH
+    p2l_margin: float = 0.0  # dead zone of L_p2l in units of LIMB_RADIUS_P90 (0: the paper's loss)
     detach_part_weights: bool = False  # geometric losses train keypoints only (W_ia without gradient)
 
     @classmethod
@@ -312,9 +324,11 @@ def stage2_loss(batch: PairBatch, keypoints_t: torch.Tensor, logits_t: torch.Ten
                                   batch.carried_t1, keypoints_t1, probs_t1, batch.valid_t, batch.valid_t1)
     frames = ((batch.points_t, keypoints_t, probs_t, logits_t, batch.valid_t, batch.labels_t),
               (batch.points_t1, keypoints_t1, probs_t1, logits_t1, batch.valid_t1, batch.labels_t1))
-    for name, weight, fn in (("p2l", w.p2l, points_to_limb_loss), ("j2p", w.j2p, joint_to_part_loss)):
-        if weight:
-            parts[name] = 0.5 * sum(fn(p, k, pr, valid=v) for p, k, pr, _, v, _ in frames)
+    if w.p2l:
+        parts["p2l"] = 0.5 * sum(points_to_limb_loss(p, k, pr, valid=v, margin=w.p2l_margin)
+                                 for p, k, pr, _, v, _ in frames)
+    if w.j2p:
+        parts["j2p"] = 0.5 * sum(joint_to_part_loss(p, k, pr, valid=v) for p, k, pr, _, v, _ in frames)
     if w.sym:
         parts["sym"] = 0.5 * sum(symmetry_loss(p, k, pr, w.bandwidth, v) for p, k, pr, _, v, _ in frames)
     if w.seg and batch.labels_t is not None:

@@ -22,6 +22,13 @@ TARGET_DOMAIN = {
     "occluder": 0.3,
     "distance_range": (4.0, 18.0),
 }
+# The same shift without the extra range noise: VLP-16 at its own noise (3 cm), loose clothing, carried
+# objects, occluders. With 5 cm noise on 4 to 8 cm limb radii the symmetry loss has its minimum on the
+# sensor side of the true axis (benchmarks/results/stage2.md), so the heavy-noise domain cannot show it.
+TARGET_DOMAINS = {
+    "heavy_noise": TARGET_DOMAIN,
+    "clothing": {key: value for key, value in TARGET_DOMAIN.items() if key != "range_noise_std"},
+}
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -31,14 +38,15 @@ def cmd_data(args: argparse.Namespace) -> int:
     from kp3d_ros.synth.sequence import write_sequences
 
     torch.set_num_threads(1)
-    config = DomainConfig(**TARGET_DOMAIN)
+    domain = TARGET_DOMAINS[args.domain]
+    config = DomainConfig(**domain)
     root = Path(args.root)
     for name, num, seed in (("target_test", args.test, 7002), ("target_train", args.train, 7001),
                             ("target_test_big", args.big_test, 7003), ("target_train_big", args.big_train, 7004)):
         if num <= 0:
             continue
         write_sequences(root / name, num, args.frames, seed, config, workers=args.workers, shard_size=8)
-    (root / "target_domain.json").write_text(json.dumps(TARGET_DOMAIN, indent=1))
+    (root / "target_domain.json").write_text(json.dumps(domain | {"name": args.domain}, indent=1))
     return 0
 
 
@@ -217,6 +225,8 @@ def main() -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("data")
     d.add_argument("--root", default="data/stage2")
+    d.add_argument("--domain", choices=sorted(TARGET_DOMAINS), default="heavy_noise",
+                   help="target-domain shift (heavy_noise: the first experiment's)")
     d.add_argument("--train", type=int, default=200)
     d.add_argument("--test", type=int, default=40)
     d.add_argument("--big-test", type=int, default=0, help="a larger test set (target_test_big)")

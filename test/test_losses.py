@@ -88,6 +88,21 @@ def test_points_to_limb_equals_radius_and_grows(body):
     assert losses.points_to_limb_loss(points, far, probs).item() > 2 * base
 
 
+def test_points_to_limb_margin_ignores_points_within_the_limb_radius(body):
+    joints, points, logits, _ = body
+    probs = logits.softmax(-1)
+    # RADIUS is inside every limb's dead zone at margin 1.5 but not at margin 0.1
+    assert 1.5 * losses.LIMB_RADIUS_P90.min().item() > RADIUS
+    assert losses.points_to_limb_loss(points, joints, probs, margin=1.5).item() < 1e-8  # soft probs leak
+    assert losses.points_to_limb_loss(points, joints, probs, margin=0.1).item() > 0.0
+    far = joints.clone().requires_grad_(True)
+    with torch.no_grad():
+        far[0, :, 1] += 0.3  # every limb 30 cm from its points: beyond any dead zone
+    value = losses.points_to_limb_loss(points, far, probs, margin=1.5)
+    value.backward()
+    assert value.item() > 0.0 and far.grad.abs().sum() > 0
+
+
 def test_flow_loss_zero_for_exact_rigid_flow(body):
     joints, points, logits, _ = body
     probs = logits.softmax(-1)
