@@ -2,8 +2,11 @@
 
   data:  write target-domain sequences (vlp16, heavier range noise, inflated surfaces / loose clothing,
          more carried objects and occluders) for training (labels unused) and for testing.
+         --domain clothing: the same shift without the extra range noise.
   eval:  MPJPE of checkpoints on the target test sequences.
-Run: .venv/bin/python scripts/stage2_experiment.py data|eval ...
+  bias:  MPJPE, mean error vector in the crop frame and MPJPE without each person's offset.
+  shift: L_sym and L_p2l at the true joints moved towards / away from the sensor.
+Run: .venv/bin/python scripts/stage2_experiment.py data|eval|bias|shift ...
 """
 
 from __future__ import annotations
@@ -220,6 +223,82 @@ def cmd_adapt_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _crop_frame_truth(root: str, num_points: int, max_sequences: int = 0, frames_per_sequence: int = 0):
+    """Target test crops in their crop frames: points (B, N, 3), true joints (B, J, 3), true parts (B, N)."""
+    import numpy as np
+
+    from kp3d_ros.model.preprocess import prepare_batch
+    from kp3d_ros.synth.sequence import SequenceDataset
+
+    data = SequenceDataset(root)
+    count = len(data) if not max_sequences else min(max_sequences, len(data))
+    crops, joints, parts = [], [], []
+    for i in range(count):
+        frames = data[i]
+        for f in frames[:frames_per_sequence] if frames_per_sequence else frames:
+            if len(f.points) >= 10:
+                crops.append(f.points), joints.append(f.joints), parts.append(f.parts)
+    batch = prepare_batch(crops, num_points, np.random.default_rng(0))
+    truth = np.einsum("bjk,blk->bjl", np.stack(joints) - batch.centres[:, None], batch.rotations)
+    labels = np.stack([p[i] for p, i in zip(parts, batch.indices, strict=True)])
+    return batch.points, truth.astype(np.float32), labels
+
+
+def cmd_bias(args: argparse.Namespace) -> int:
+    """MPJPE, the mean error vector in the crop frame (sensor towards -x) and MPJPE without each person's
+    mean offset, per checkpoint, on labelled target sequences."""
+    import numpy as np
+    import torch
+
+    from kp3d_ros.model.checkpoint import load_model
+
+    torch.set_num_threads(1)
+    for ckpt in args.checkpoints:
+        model, meta = load_model(ckpt)
+        points, truth, _ = _crop_frame_truth(args.data, int(meta["num_points"]))
+        with torch.no_grad():
+            pred = np.concatenate([model(torch.from_numpy(points[s:s + 64]))[0].numpy()
+                                   for s in range(0, len(points), 64)])
+        err = pred - truth
+        centred = err - err.mean(1, keepdims=True)
+        print(json.dumps({"checkpoint": ckpt, "people": len(err),
+                          "mpjpe_cm": round(float(np.linalg.norm(err, axis=-1).mean() * 100), 2),
+                          "mean_error_cm": [round(float(v), 2) for v in err.reshape(-1, 3).mean(0) * 100],
+                          "mpjpe_without_offset_cm": round(float(np.linalg.norm(centred, axis=-1).mean() * 100), 2)}))
+    return 0
+
+
+def cmd_shift(args: argparse.Namespace) -> int:
+    """L_sym and L_p2l at the true joints moved along the crop frame's x (towards -x: the sensor), with
+    true (one-hot) parts and with the model's parts."""
+    import torch
+
+    from kp3d_ros import losses
+    from kp3d_ros.model.checkpoint import load_model
+    from kp3d_ros.skeleton import NUM_CLASSES
+
+    torch.set_num_threads(1)
+    model, meta = load_model(args.checkpoint)
+    points, truth, labels = _crop_frame_truth(args.data, int(meta["num_points"]), args.sequences, 4)
+    pts, joints = torch.from_numpy(points), torch.from_numpy(truth)
+    with torch.no_grad():
+        parts = {"true parts": torch.nn.functional.one_hot(torch.from_numpy(labels).long(), NUM_CLASSES).float(),
+                 "model parts": model(pts)[1].softmax(-1)}
+    print(f"{len(pts)} crops from {args.data}")
+    print("| shift x cm | " + " | ".join(f"L_sym, {k} | L_p2l, {k} | L_p2l margin 1.5, {k}" for k in parts) + " |")
+    print("|---" * (1 + 3 * len(parts)) + "|")
+    for shift in (-0.08, -0.04, -0.02, 0.0, 0.02, 0.04, 0.08):
+        moved = joints.clone()
+        moved[..., 0] += shift
+        cells = []
+        for probs in parts.values():
+            cells += [f"{losses.symmetry_loss(pts, moved, probs).item():.3e}",
+                      f"{losses.points_to_limb_loss(pts, moved, probs).item():.5f}",
+                      f"{losses.points_to_limb_loss(pts, moved, probs, margin=1.5).item():.5f}"]
+        print(f"| {shift * 100:+.0f} | " + " | ".join(cells) + " |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -245,13 +324,20 @@ def main() -> int:
     a.add_argument("--people", type=int, default=5)
     a.add_argument("--seconds", type=float, default=30.0)
     a.add_argument("--out-dir", default="runs/stage2")
+    bi = sub.add_parser("bias")
+    bi.add_argument("--data", default="data/stage2/target_test")
+    bi.add_argument("checkpoints", nargs="+")
+    sh = sub.add_parser("shift")
+    sh.add_argument("--checkpoint", default="models/kp3d_stage1.pt")
+    sh.add_argument("--data", default="data/stage2/target_test")
+    sh.add_argument("--sequences", type=int, default=30)
     g = sub.add_parser("alignment")
     g.add_argument("--checkpoint", default="models/kp3d_stage1.pt")
     g.add_argument("--data", default="data/stage2/target_test")
     g.add_argument("--sequences", type=int, default=40)
     args = parser.parse_args()
     commands = {"data": cmd_data, "eval": cmd_eval, "bandwidth": cmd_bandwidth, "adapt-bench": cmd_adapt_bench,
-                "alignment": cmd_alignment}
+                "alignment": cmd_alignment, "bias": cmd_bias, "shift": cmd_shift}
     return commands[args.cmd](args)
 
 
