@@ -25,6 +25,15 @@ def bag_given(context: LaunchContext) -> bool:
     return bool(context.launch_configurations.get("bag", "").strip())
 
 
+def backend_given(context: LaunchContext) -> bool:
+    """backend:=... overrides network.backend; without it the params file's value holds."""
+    return bool(context.launch_configurations.get("backend", "").strip())
+
+
+def backend_not_given(context: LaunchContext) -> bool:
+    return not backend_given(context)
+
+
 def package_installed(package: str) -> bool:
     try:
         get_package_prefix(package)
@@ -41,9 +50,9 @@ def generate_launch_description() -> LaunchDescription:
     arguments = [
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "kp3d.yaml"),
                               description="kp3d_node parameter YAML"),
-        DeclareLaunchArgument("backend", default_value="auto",
-                              choices=["auto", "onnxruntime", "tensorrt", "torch"],
-                              description="inference backend (overrides network.backend of params_file)"),
+        DeclareLaunchArgument("backend", default_value="",
+                              choices=["", "auto", "onnxruntime", "tensorrt", "torch"],
+                              description="inference backend; empty: network.backend of params_file"),
         DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
                               description="use /clock (true when replaying a bag)"),
         DeclareLaunchArgument("rviz", default_value="false", choices=["true", "false"],
@@ -54,18 +63,24 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("image", default_value="/camera/image_raw", description="camera image topic"),
         DeclareLaunchArgument("camera_info", default_value="/camera/camera_info", description="camera info topic"),
     ]
-    node = Node(
+    common = {"use_sim_time": use_sim_time}
+    node_options = dict(
         package=PACKAGE,
         executable="kp3d_node",
         name="kp3d_node",
         output="screen",
-        parameters=[params_file, {"use_sim_time": use_sim_time, "network.backend": LaunchConfiguration("backend")}],
         remappings=[
             ("points", LaunchConfiguration("points")),
             ("image", LaunchConfiguration("image")),
             ("camera_info", LaunchConfiguration("camera_info")),
         ],
     )
+    # One of the two starts: with backend:= its value overrides the params file, without it the file holds.
+    nodes = [
+        Node(parameters=[params_file, common | {"network.backend": LaunchConfiguration("backend")}],
+             condition=Condition(predicate=backend_given), **node_options),
+        Node(parameters=[params_file, common], condition=Condition(predicate=backend_not_given), **node_options),
+    ]
     replay = Node(
         package=PACKAGE,
         executable="kp3d_replay",
@@ -95,4 +110,4 @@ def generate_launch_description() -> LaunchDescription:
         if os.environ.get("ROS_DISTRO", "") in ("humble", "iron", "jazzy"):  # Fast DDS 2
             variables.append("FASTRTPS_DEFAULT_PROFILES_FILE")
         environment = [SetEnvironmentVariable(name, profile) for name in variables]
-    return LaunchDescription([*arguments, *environment, node, replay, rviz])
+    return LaunchDescription([*arguments, *environment, *nodes, replay, rviz])

@@ -75,6 +75,20 @@ def test_replay_starts_for_any_bag_path_and_only_with_one():
     assert "bag_given" in ast.unparse(condition)
 
 
+def test_backend_argument_overrides_the_params_file_only_when_given():
+    given = _launch_function("backend_given")
+    not_given = _launch_function("backend_not_given", backend_given=given)
+    for value, overrides in (("", False), (" ", False), ("tensorrt", True), ("auto", True)):
+        assert given(_context(backend=value)) is overrides and not_given(_context(backend=value)) is not overrides
+    nodes = [n for n in ast.walk(_launch_tree()) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "Node"
+             and any(kw.arg == "condition" and "backend" in ast.unparse(kw.value) for kw in n.keywords)]
+    assert len(nodes) == 2
+    for node in nodes:
+        parameters = ast.unparse(next(kw.value for kw in node.keywords if kw.arg == "parameters"))
+        condition = ast.unparse(next(kw.value for kw in node.keywords if kw.arg == "condition"))
+        assert ("network.backend" in parameters) == ("backend_not_given" not in condition)
+
+
 def test_rviz_is_started_only_when_installed():
     """`rviz:=true` without rviz2 installed would abort the launch after kp3d_node started, leaving it running."""
 
@@ -128,5 +142,6 @@ def test_launch_description_generates_with_real_launch():
     description = module.generate_launch_description()
     names = [type(entity).__name__ for entity in description.entities]
     rviz2 = module.package_installed("rviz2")
-    assert names.count("Node") == (3 if rviz2 else 2) and "DeclareLaunchArgument" in names
+    # kp3d_node twice (with and without a backend:= override; one starts), kp3d_replay, rviz2
+    assert names.count("Node") == (4 if rviz2 else 3) and "DeclareLaunchArgument" in names
     assert rviz2 or "LogInfo" in names
