@@ -1,0 +1,31 @@
+"""The shipped training configs load, and their entries are known to the code that reads them."""
+
+from pathlib import Path
+
+import pytest
+
+from kp3d_ros import losses
+from kp3d_ros.train import stage1, stage2
+
+CONFIG = Path(__file__).resolve().parents[1] / "config"
+
+
+@pytest.mark.parametrize("name", ["stage2.yaml", "stage2_anchored.yaml"])
+def test_stage2_configs_load(name: str) -> None:
+    cfg = stage2.load_config(CONFIG / name)
+    assert set(cfg) <= set(stage2.DEFAULTS), set(cfg) - set(stage2.DEFAULTS)
+    weights = losses.LossWeights.from_dict(cfg["loss"])  # raises on unknown loss names
+    assert weights.seg > 0 and cfg["seg_target"] in ("confident", "nearest_limb", "none")
+
+
+def test_anchored_stage2_config_is_the_measured_recipe() -> None:
+    cfg = stage2.load_config(CONFIG / "stage2_anchored.yaml")
+    weights = losses.LossWeights.from_dict(cfg["loss"])
+    assert (weights.flow, weights.sym, weights.p2l, weights.detach_part_weights) == (6.0, 150.0, 0.0, True)
+    assert cfg["source"]["weight"] == 1.0 and cfg["source"]["data"]
+    assert cfg["train"]["epochs"] * cfg["train"]["steps_per_epoch"] == 1200
+
+
+def test_stage1_config_loads() -> None:
+    cfg = stage1.load_config(CONFIG / "stage1.yaml")
+    assert set(cfg) <= set(stage1.DEFAULTS) and cfg["num_points"] > 0
