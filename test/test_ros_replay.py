@@ -122,6 +122,26 @@ def test_replay_loops_until_stopped(ros, tmp_path):
         player_node.destroy_node()
 
 
+def test_replay_shut_down_while_playing_is_not_a_failure(tmp_path):
+    """Ctrl-C shuts the context down under a publishing replay thread: it ends quietly, without an error."""
+    bag = tmp_path / "bag"
+    _write_bag(bag, StoragePlugin.SQLITE3)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = Node("kp3d_test_shutdown_replay", context=context)
+    player = BagPlayer(node, bag, rate=50.0, loop=True, wait_for_subscribers=0.0)
+    player.start()
+    deadline = time.monotonic() + 10.0
+    while player.published < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert player.published >= 2
+    rclpy.shutdown(context=context)
+    assert player.finished.wait(5.0)
+    assert player.error is None
+    player.stop()
+    node.destroy_node()
+
+
 def test_replay_cli_rejects_missing_bag_and_unknown_topics(tmp_path):
     assert cli_main([str(tmp_path / "missing.mcap")]) == 2
     bag = tmp_path / "bag"

@@ -90,6 +90,7 @@ class BagPlayer:
         self.published = 0
         self.loops_done = 0
         self.finished = threading.Event()
+        self.error: str | None = None  # why playback failed; None when it ended normally or was shut down
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connections, self.duration_s = bag_connections(self.bag, topics)
@@ -135,7 +136,10 @@ class BagPlayer:
                 if not self.loop:
                     break
         except Exception as error:  # report, don't kill the process from a thread
-            self.node.get_logger().error(f"replay of {self.bag} failed: {type(error).__name__}: {error}")
+            if self._stop.is_set() or not self.node.context.ok():
+                return  # ROS shut down (Ctrl-C) while a message was being published: not a failure
+            self.error = f"{type(error).__name__}: {error}"
+            self.node.get_logger().error(f"replay of {self.bag} failed: {self.error}")
         finally:
             self.finished.set()
 
