@@ -227,21 +227,18 @@ def _crop_frame_truth(root: str, num_points: int, max_sequences: int = 0, frames
     """Target test crops in their crop frames: points (B, N, 3), true joints (B, J, 3), true parts (B, N)."""
     import numpy as np
 
-    from kp3d_ros.model.preprocess import prepare_batch
+    from kp3d_ros.model.preprocess import prepare_batch, to_crop_frame
     from kp3d_ros.synth.sequence import SequenceDataset
 
     data = SequenceDataset(root)
     count = len(data) if not max_sequences else min(max_sequences, len(data))
-    crops, joints, parts = [], [], []
-    for i in range(count):
-        frames = data[i]
-        for f in frames[:frames_per_sequence] if frames_per_sequence else frames:
-            if len(f.points) >= 10:
-                crops.append(f.points), joints.append(f.joints), parts.append(f.parts)
-    batch = prepare_batch(crops, num_points, np.random.default_rng(0))
-    truth = np.einsum("bjk,blk->bjl", np.stack(joints) - batch.centres[:, None], batch.rotations)
-    labels = np.stack([p[i] for p, i in zip(parts, batch.indices, strict=True)])
-    return batch.points, truth.astype(np.float32), labels
+    frames = [f for i in range(count) for f in (data[i][:frames_per_sequence] if frames_per_sequence else data[i])
+              if len(f.points) >= 10]
+    batch = prepare_batch([f.points for f in frames], num_points, np.random.default_rng(0))
+    truth = np.stack([to_crop_frame(f.joints, c, r) for f, c, r in zip(frames, batch.centres, batch.rotations,
+                                                                         strict=True)])
+    labels = np.stack([f.parts[i] for f, i in zip(frames, batch.indices, strict=True)])
+    return batch.points, truth, labels
 
 
 def cmd_bias(args: argparse.Namespace) -> int:
@@ -253,9 +250,13 @@ def cmd_bias(args: argparse.Namespace) -> int:
     from kp3d_ros.model.checkpoint import load_model
 
     torch.set_num_threads(1)
+    crops: dict[int, tuple] = {}  # per N: the test crops, read and resampled once
     for ckpt in args.checkpoints:
         model, meta = load_model(ckpt)
-        points, truth, _ = _crop_frame_truth(args.data, int(meta["num_points"]))
+        n = int(meta["num_points"])
+        if n not in crops:
+            crops[n] = _crop_frame_truth(args.data, n)
+        points, truth, _ = crops[n]
         with torch.no_grad():
             pred = np.concatenate([model(torch.from_numpy(points[s:s + 64]))[0].numpy()
                                    for s in range(0, len(points), 64)])

@@ -101,6 +101,7 @@ class BagPlayer:
                 self.publishers[conn.topic] = node.create_publisher(message_class(conn.msgtype), conn.topic,
                                                                     output_qos(depth))
         self.clock_pub = node.create_publisher(Clock, "/clock", output_qos(1)) if clock else None
+        self._preload = bag_size(self.bag) <= PRELOAD_BYTES
         self._messages: list[tuple[str, int, bytes]] | None = None  # (topic, stamp ns, CDR) once preloaded
 
     def topics(self) -> list[str]:
@@ -145,7 +146,7 @@ class BagPlayer:
 
     def _read(self):
         """(topic, stamp ns, CDR bytes) in bag order: from memory when the bag is small enough, else streamed."""
-        if self._messages is None and bag_size(self.bag) <= PRELOAD_BYTES:
+        if self._preload and self._messages is None:
             with Reader(self.bag) as reader:
                 self._messages = [(conn.topic, stamp, bytes(raw))
                                   for conn, stamp, raw in reader.messages(connections=self.connections)]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from kp3d_ros.model.checkpoint import default_meta
+from kp3d_ros.model.checkpoint import default_meta, load_model
 from kp3d_ros.model.network import KeypointNet, build_model, count_parameters
 from kp3d_ros.model.preprocess import SCALE, crop_frame, sample_indices, to_crop_frame
 from kp3d_ros.train.config import load_config as load_yaml_config
@@ -228,8 +228,6 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
 
 def init_from(model: KeypointNet, cfg: dict, log=print) -> None:
     """Load the weights of checkpoint cfg['init'] into `model`; its architecture and N must match."""
-    from kp3d_ros.model.checkpoint import load_model
-
     source, meta = load_model(cfg["init"])
     if int(meta.get("num_points", cfg["num_points"])) != int(cfg["num_points"]):
         raise ValueError(f"--init {cfg['init']} was trained with num_points {meta.get('num_points')}, "

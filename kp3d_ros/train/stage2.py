@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -28,11 +29,11 @@ from kp3d_ros import losses
 from kp3d_ros.core.flow import FlowEstimator
 from kp3d_ros.model.checkpoint import load_model
 from kp3d_ros.model.preprocess import prepare_batch, restore_keypoints
+from kp3d_ros.train import stage1
 from kp3d_ros.train.config import load_config as load_yaml_config
 from kp3d_ros.train.config import merge
 from kp3d_ros.train.loop import FitConfig, fit
 from kp3d_ros.train.pairs import PairSample, collate_pairs
-from kp3d_ros.train.stage1 import stage1_losses
 
 GROUND_THRESHOLD = 0.08  # m above the crop's ground: points below are ground (as the node removes them)
 
@@ -184,19 +185,19 @@ def pair_batches(tracks: list[list[PairSample]], cfg: dict, epoch: int):
         yield collate_pairs(samples, cfg["num_points"], rng)
 
 
-def source_batches(cfg: dict):
-    """An endless iterator of augmented, labelled Stage I batches (points, joints, parts) from
+def source_objective(cfg: dict, model: torch.nn.Module) -> Callable[[], torch.Tensor] | None:
+    """The Stage I loss (its config's w_kp, w_seg) of `model` on the next augmented, labelled batch from
     cfg['source']['data'] (a `kp3d synth` root with a train/ split), or None when mixing is off."""
     source = cfg["source"]
     if not source["data"] or float(source["weight"]) <= 0:
         return None
-    from kp3d_ros.train import stage1
-
     s1 = stage1.load_config(source["config"] if Path(source["config"]).is_file() else None)
     s1["num_points"] = cfg["num_points"]
     s1["train"] = s1["train"] | {"batch_size": int(source["batch_size"]), "steps_per_epoch": 1 << 30}
     dataset = stage1.open_split(Path(source["data"]), "train")
-    return stage1.training_batches(dataset, s1, 0, stage1.make_augmenter(s1["augment"], s1.get("sensor_augment")))
+    batches = stage1.training_batches(dataset, s1, 0, stage1.make_augmenter(s1["augment"], s1.get("sensor_augment")))
+    w_kp, w_seg = s1["train"]["w_kp"], s1["train"]["w_seg"]
+    return lambda: stage1.stage1_losses(model, *next(batches), w_kp=w_kp, w_seg=w_seg)["loss"]
 
 
 class Stage2Objective:
@@ -302,12 +303,12 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
     val_rng = np.random.default_rng(1234)
     val_prepared = [collate_pairs(pairs, cfg["num_points"], val_rng) for pairs in val_tracks] if n_val else []
 
-    source = source_batches(cfg)
+    source_loss = source_objective(cfg, model)
 
     def step(prepared) -> dict[str, float]:
         total, parts = objective(prepared.batch)
-        if source is not None:
-            supervised = stage1_losses(model, *next(source), w_kp=0.5, w_seg=1.0)["loss"]
+        if source_loss is not None:
+            supervised = source_loss()
             total = total + float(cfg["source"]["weight"]) * supervised
             parts = parts | {"source": float(supervised.detach())}
         total.backward()
