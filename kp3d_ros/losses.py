@@ -140,11 +140,12 @@ def points_to_limb_loss(points: torch.Tensor, keypoints: torch.Tensor, probs: to
 
 def symmetry_loss(points: torch.Tensor, keypoints: torch.Tensor, probs: torch.Tensor,
                   bandwidth: float = DEFAULT_BANDWIDTH, valid: torch.Tensor | None = None,
-                  max_points: int | None = 64) -> torch.Tensor:
+                  max_points: int | None = 64, limbs: torch.Tensor | None = None) -> torch.Tensor:
     """L_sym: each point's radius against the kernel-weighted mean radius of the other points of its limb.
 
     For speed each limb only looks at its `max_points` points of highest W (None: all N). The others
     carry little weight in both the sum and the mean radius, and the 1/N normalisation is unchanged.
+    limbs: (L,) 0/1 mask of the limbs that take part (None: all); the mean is over those.
     """
     v = _mask(valid, points)
     z, r = limb_coordinates(points, keypoints)  # (B, L, N)
@@ -166,7 +167,11 @@ def symmetry_loss(points: torch.Tensor, keypoints: torch.Tensor, probs: torch.Te
     others = (1.0 - torch.eye(K, dtype=points.dtype, device=points.device)) * vk[..., None, :]
     k = kernel * similarity * others
     r_bar = (k * r[..., None, :]).sum(-1) / (k.sum(-1) + EPS)
-    return ((W * (r - r_bar) ** 2).sum(-1) / n).mean()
+    per_limb = (W * (r - r_bar) ** 2).sum(-1) / n  # (B, L)
+    if limbs is None:
+        return per_limb.mean()
+    mask = _like(limbs, per_limb)
+    return (per_limb * mask).sum(-1).mean() / mask.sum().clamp(min=1.0)
 
 
 def joint_to_part_loss(points: torch.Tensor, keypoints: torch.Tensor, probs: torch.Tensor,
@@ -279,6 +284,20 @@ class LossWeights:
     bandwidth: float = DEFAULT_BANDWIDTH
     p2l_margin: float = 0.0  # dead zone of L_p2l in units of LIMB_RADIUS_P90 (0: the paper's loss)
     detach_part_weights: bool = False  # geometric losses train keypoints only (W_ia without gradient)
+    sym_limbs: tuple[str, ...] = ()  # limbs (skeleton.LIMB_NAMES) that L_sym covers; empty: all
+
+    def __post_init__(self) -> None:
+        self.sym_limbs = tuple(self.sym_limbs)
+        unknown = set(self.sym_limbs) - set(sk.LIMB_NAMES)
+        if unknown:
+            raise ValueError(f"unknown limb(s) in sym_limbs: {', '.join(sorted(unknown))}; "
+                             f"expected names from {sk.LIMB_NAMES}")
+
+    def sym_limb_mask(self) -> torch.Tensor | None:
+        """(L,) mask of the limbs L_sym covers, or None for all."""
+        if not self.sym_limbs:
+            return None
+        return torch.tensor([float(name in self.sym_limbs) for name in sk.LIMB_NAMES])
 
     @classmethod
     def from_dict(cls, values: dict | None) -> LossWeights:
@@ -330,7 +349,8 @@ def stage2_loss(batch: PairBatch, keypoints_t: torch.Tensor, logits_t: torch.Ten
     if w.j2p:
         parts["j2p"] = 0.5 * sum(joint_to_part_loss(p, k, pr, valid=v) for p, k, pr, _, v, _ in frames)
     if w.sym:
-        parts["sym"] = 0.5 * sum(symmetry_loss(p, k, pr, w.bandwidth, v) for p, k, pr, _, v, _ in frames)
+        mask = w.sym_limb_mask()
+        parts["sym"] = 0.5 * sum(symmetry_loss(p, k, pr, w.bandwidth, v, limbs=mask) for p, k, pr, _, v, _ in frames)
     if w.seg and batch.labels_t is not None:
         parts["seg"] = 0.5 * sum(segmentation_loss(lg, lb) for _, _, _, lg, _, lb in frames if lb is not None)
     if w.bone and batch.track is not None:

@@ -77,6 +77,22 @@ def test_symmetry_zero_on_cylinders_and_grows_off_axis(body):
         previous = value
 
 
+def test_symmetry_limb_mask_covers_only_the_named_limbs(body):
+    joints, points, logits, _ = body
+    probs = logits.softmax(-1)
+    moved = joints.clone()
+    moved[0, sk.JOINT_INDEX["left_wrist"], 0] += 0.08  # only the left forearm leaves its cylinder
+    weights = losses.LossWeights(sym_limbs=("torso", "left_thigh"))
+    untouched = losses.symmetry_loss(points, moved, probs, limbs=weights.sym_limb_mask()).item()
+    assert untouched < 1e-6
+    forearm = losses.LossWeights(sym_limbs=("left_forearm",)).sym_limb_mask()
+    alone = losses.symmetry_loss(points, moved, probs, limbs=forearm).item()
+    everything = losses.symmetry_loss(points, moved, probs).item()
+    assert alone == pytest.approx(everything * sk.NUM_LIMBS, rel=1e-6)  # the mean is over the covered limbs
+    with pytest.raises(ValueError, match="unknown limb"):
+        losses.LossWeights(sym_limbs=("left_tail",))
+
+
 def test_points_to_limb_equals_radius_and_grows(body):
     joints, points, logits, _ = body
     probs = logits.softmax(-1)

@@ -48,7 +48,8 @@ DEFAULTS: dict = {
     "keep_ground": True,  # crops keep their ground points, as the node's crops do
     "flow": {"method": "realtime", "iterations": 5, "cache_dir": ""},
     "loss": {"flow": 0.02, "p2l": 0.01, "sym": 0.5, "j2p": 0.0, "seg": 0.5, "bone": 0.0, "bone_group": 0.0,
-             "bandwidth": losses.DEFAULT_BANDWIDTH, "p2l_margin": 0.0, "detach_part_weights": False},
+             "bandwidth": losses.DEFAULT_BANDWIDTH, "p2l_margin": 0.0, "detach_part_weights": False,
+             "sym_limbs": []},
     "seg_target": "confident",  # confident | nearest_limb | none
     "confidence": 0.9,
     "train": {"epochs": 4, "steps_per_epoch": 50, "batch_size": 16, "pairs_per_track": 2, "lr": 1.0e-4,
