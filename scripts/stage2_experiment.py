@@ -4,7 +4,8 @@
          more carried objects and occluders) for training (labels unused) and for testing.
          --domain clothing: the same shift without the extra range noise.
   eval:  MPJPE of checkpoints on the target test sequences.
-  bias:  MPJPE, mean error vector in the crop frame and MPJPE without each person's offset.
+  bias:  MPJPE, mean error vector in the crop frame and MPJPE without each person's offset
+         [--per-joint: per joint].
   shift: L_sym and L_p2l at the true joints moved towards / away from the sensor.
 Run: .venv/bin/python scripts/stage2_experiment.py data|eval|bias|shift ...
 """
@@ -258,6 +259,7 @@ def cmd_bias(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     crops: dict[int, tuple] = {}  # per N: the test crops, read and resampled once
+    per_joint: dict[str, tuple] = {}
     for ckpt in args.checkpoints:
         model, meta = load_model(ckpt)
         n = int(meta["num_points"])
@@ -273,6 +275,16 @@ def cmd_bias(args: argparse.Namespace) -> int:
                           "mpjpe_cm": round(float(np.linalg.norm(err, axis=-1).mean() * 100), 2),
                           "mean_error_cm": [round(float(v), 2) for v in err.reshape(-1, 3).mean(0) * 100],
                           "mpjpe_without_offset_cm": round(float(np.linalg.norm(centred, axis=-1).mean() * 100), 2)}))
+        if args.per_joint:
+            per_joint[ckpt] = (np.linalg.norm(err, axis=-1).mean(0) * 100,
+                               np.linalg.norm(centred, axis=-1).mean(0) * 100)
+    if per_joint:
+        from kp3d_ros.skeleton import JOINT_NAMES
+
+        print("| joint | " + " | ".join(f"{c}: error / without offset (cm)" for c in per_joint) + " |")
+        print("|---" * (1 + len(per_joint)) + "|")
+        for j, name in enumerate(JOINT_NAMES):
+            print(f"| {name} | " + " | ".join(f"{e[j]:.1f} / {c[j]:.1f}" for e, c in per_joint.values()) + " |")
     return 0
 
 
@@ -334,6 +346,7 @@ def main() -> int:
     a.add_argument("--out-dir", default="runs/stage2")
     bi = sub.add_parser("bias")
     bi.add_argument("--data", default="data/stage2/target_test")
+    bi.add_argument("--per-joint", action="store_true", help="also a table of each joint's error")
     bi.add_argument("checkpoints", nargs="+")
     sh = sub.add_parser("shift")
     sh.add_argument("--checkpoint", default="models/kp3d_stage1.pt")

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from kp3d_ros import losses
+from kp3d_ros import skeleton as sk
 from kp3d_ros.train import stage1, stage2
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
@@ -22,6 +23,7 @@ def test_anchored_stage2_config_is_the_measured_recipe() -> None:
     cfg = stage2.load_config(CONFIG / "stage2_anchored.yaml")
     weights = losses.LossWeights.from_dict(cfg["loss"])
     assert (weights.flow, weights.sym, weights.p2l, weights.detach_part_weights) == (6.0, 150.0, 0.0, True)
+    assert set(weights.sym_limbs) == set(sk.LIMB_NAMES) - {"left_forearm", "right_forearm"}
     assert cfg["source"]["weight"] == 1.0 and cfg["source"]["data"]
     assert cfg["train"]["epochs"] * cfg["train"]["steps_per_epoch"] == 1200
 
