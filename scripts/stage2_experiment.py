@@ -4,6 +4,8 @@
          more carried objects and occluders) for training (labels unused) and for testing.
          --domain clothing: the same shift without the extra range noise.
   eval:  MPJPE of checkpoints on the target test sequences.
+  adapt-accuracy: target-test MPJPE before and after the node's online adapter ran over unlabelled
+         target sequences.
   bias:  MPJPE, mean error vector in the crop frame and MPJPE without each person's offset
          [--per-joint: per joint].
   shift: L_sym and L_p2l at the true joints moved towards / away from the sensor.
@@ -249,6 +251,44 @@ def _crop_frame_truth(root: str, num_points: int, max_sequences: int = 0, frames
     return batch.points, truth, labels
 
 
+def cmd_adapt_accuracy(args: argparse.Namespace) -> int:
+    """Target-test MPJPE after the node's online adapter (its defaults and guards, ONNX Runtime swaps) has
+    stepped through unlabelled target sequences: pairs submitted in sequence order, one step per batch,
+    a guarded swap every --swap-every steps."""
+    import torch
+
+    from kp3d_ros.adaptation import OnlineAdapter
+    from kp3d_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from kp3d_ros.core.params import defaults
+    from kp3d_ros.model.checkpoint import save_checkpoint
+    from kp3d_ros.model.export import export_checkpoint
+    from kp3d_ros.train.stage2 import DEFAULTS, evaluate_sequences, load_sequence_pairs
+
+    torch.set_num_threads(1)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    export_checkpoint(args.checkpoint, out / "adapt_accuracy.onnx")
+    backend = OnnxRuntimeBackend(out / "adapt_accuracy.onnx", max_batch=8, threads=1)
+    params = defaults() | {"adaptation.learning_rate": args.lr}
+    adapter = OnlineAdapter(args.checkpoint, backend, params, start=False)
+    cfg = DEFAULTS | {"max_sequences": args.sequences}
+    tracks = load_sequence_pairs(args.data, cfg)
+    for track in tracks:
+        for pair in track:
+            adapter.submit(pair.track, pair.src, pair.dst, -pair.backward)
+            if adapter.step() and adapter.state()["steps"] % args.swap_every == 0:
+                adapter.consider_swap(force=True)
+    adapter.consider_swap(force=True)
+    state = adapter.state()
+    adapted = out / "adapted.pt"
+    save_checkpoint(adapted, adapter.model, dict(adapter.meta) | {"stage": "online"})
+    for name, path in (("before", args.checkpoint), ("after", adapted)):
+        result = evaluate_sequences(path, args.test_data)
+        print(json.dumps({name: {k: round(result[k], 3) for k in ("mpjpe_cm", "pa_mpjpe_cm", "pck@10cm")}}))
+    print("adapter state:", {k: state[k] for k in ("steps", "swaps", "rollbacks", "dropped", "last_error")})
+    return 0
+
+
 def cmd_bias(args: argparse.Namespace) -> int:
     """MPJPE, the mean error vector in the crop frame (sensor towards -x) and MPJPE without each person's
     mean offset, per checkpoint, on labelled target sequences."""
@@ -344,6 +384,14 @@ def main() -> int:
     a.add_argument("--people", type=int, default=5)
     a.add_argument("--seconds", type=float, default=30.0)
     a.add_argument("--out-dir", default="runs/stage2")
+    aa = sub.add_parser("adapt-accuracy")
+    aa.add_argument("--checkpoint", default="models/kp3d_stage1.pt")
+    aa.add_argument("--data", default="data/stage2_dense_winter/target_train")
+    aa.add_argument("--test-data", default="data/stage2_dense_winter/target_test")
+    aa.add_argument("--sequences", type=int, default=300)
+    aa.add_argument("--lr", type=float, default=1e-5, help="adaptation.learning_rate (the node's default)")
+    aa.add_argument("--swap-every", type=int, default=25)
+    aa.add_argument("--out-dir", default="runs/adapt_accuracy")
     bi = sub.add_parser("bias")
     bi.add_argument("--data", default="data/stage2/target_test")
     bi.add_argument("--per-joint", action="store_true", help="also a table of each joint's error")
@@ -358,7 +406,7 @@ def main() -> int:
     g.add_argument("--sequences", type=int, default=40)
     args = parser.parse_args()
     commands = {"data": cmd_data, "eval": cmd_eval, "bandwidth": cmd_bandwidth, "adapt-bench": cmd_adapt_bench,
-                "alignment": cmd_alignment, "bias": cmd_bias, "shift": cmd_shift}
+                "adapt-accuracy": cmd_adapt_accuracy, "alignment": cmd_alignment, "bias": cmd_bias, "shift": cmd_shift}
     return commands[args.cmd](args)
 
 
