@@ -2,14 +2,16 @@
 
   data:  write target-domain sequences (vlp16, heavier range noise, inflated surfaces / loose clothing,
          more carried objects and occluders) for training (labels unused) and for testing.
-         --domain clothing: the same shift without the extra range noise.
+         --domain clothing: the same shift without the extra range noise; dense_clothing, dense_winter:
+         a dense held-out sensor (OS1-128) with loose or bulky clothing.
   eval:  MPJPE of checkpoints on the target test sequences.
   adapt-accuracy: target-test MPJPE before and after the node's online adapter ran over unlabelled
          target sequences.
   bias:  MPJPE, mean error vector in the crop frame and MPJPE without each person's offset
          [--per-joint: per joint].
   shift: L_sym and L_p2l at the true joints moved towards / away from the sensor.
-Run: .venv/bin/python scripts/stage2_experiment.py data|eval|bias|shift ...
+Also adapt-bench (latency with the adapter running), alignment and bandwidth (loss diagnostics).
+Run: .venv/bin/python scripts/stage2_experiment.py COMMAND --help
 """
 
 from __future__ import annotations
