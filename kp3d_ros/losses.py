@@ -285,6 +285,8 @@ class LossWeights:
     p2l_margin: float = 0.0  # dead zone of L_p2l in units of LIMB_RADIUS_P90 (0: the paper's loss)
     detach_part_weights: bool = False  # geometric losses train keypoints only (W_ia without gradient)
     sym_limbs: tuple[str, ...] = ()  # limbs (skeleton.LIMB_NAMES) that L_sym covers; empty: all
+    sym_placement_only: bool = False  # L_sym moves the whole skeleton only (its gradient reaches the mean joint)
+    sym_vertical: float = 1.0  # with sym_placement_only: scale of L_sym's vertical (crop z) pull
 
     def __post_init__(self) -> None:
         self.sym_limbs = tuple(self.sym_limbs)
@@ -328,6 +330,14 @@ class PairBatch:
     track: torch.Tensor | None = None  # (B,) track ids for bone consistency
 
 
+def placement_only(keypoints: torch.Tensor, vertical: float = 1.0) -> torch.Tensor:
+    """The same keypoints (B, J, 3) with a gradient that reaches only their mean: a loss on the result
+    moves the whole skeleton rigidly and leaves its shape alone. `vertical` scales the gradient along z."""
+    centre = keypoints.mean(1, keepdim=True)
+    scale = torch.tensor([1.0, 1.0, vertical], dtype=keypoints.dtype, device=keypoints.device)
+    return keypoints.detach() + scale * (centre - centre.detach())
+
+
 def stage2_loss(batch: PairBatch, keypoints_t: torch.Tensor, logits_t: torch.Tensor, keypoints_t1: torch.Tensor,
                 logits_t1: torch.Tensor, weights: LossWeights | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted total and its components (floats, unweighted) for one batch of pairs."""
@@ -350,7 +360,9 @@ def stage2_loss(batch: PairBatch, keypoints_t: torch.Tensor, logits_t: torch.Ten
         parts["j2p"] = 0.5 * sum(joint_to_part_loss(p, k, pr, valid=v) for p, k, pr, _, v, _ in frames)
     if w.sym:
         mask = w.sym_limb_mask()
-        parts["sym"] = 0.5 * sum(symmetry_loss(p, k, pr, w.bandwidth, v, limbs=mask) for p, k, pr, _, v, _ in frames)
+        place = (lambda k: placement_only(k, w.sym_vertical)) if w.sym_placement_only else (lambda k: k)
+        parts["sym"] = 0.5 * sum(symmetry_loss(p, place(k), pr, w.bandwidth, v, limbs=mask)
+                                 for p, k, pr, _, v, _ in frames)
     if w.seg and batch.labels_t is not None:
         parts["seg"] = 0.5 * sum(segmentation_loss(lg, lb) for _, _, _, lg, _, lb in frames if lb is not None)
     if w.bone and batch.track is not None:

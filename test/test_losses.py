@@ -93,6 +93,25 @@ def test_symmetry_limb_mask_covers_only_the_named_limbs(body):
         losses.LossWeights(sym_limbs=("left_tail",))
 
 
+def test_placement_only_symmetry_moves_the_skeleton_rigidly(body):
+    joints, points, logits, _ = body
+    probs = logits.softmax(-1)
+    moved = joints.clone()
+    moved[0, :, 0] += 0.05  # the whole skeleton 5 cm off its cylinders
+    moved[0, sk.JOINT_INDEX["left_knee"], 1] += 0.04  # and one joint off on its own
+    keypoints = moved.clone().requires_grad_(True)
+    losses.symmetry_loss(points, losses.placement_only(keypoints), probs).backward()
+    grad = keypoints.grad[0]
+    assert grad.abs().max() > 0
+    torch.testing.assert_close(grad, grad[:1].expand_as(grad))  # one gradient for every joint
+    assert grad[0, 0] > 0  # descent moves the skeleton back towards the axes (-x)
+    weights = losses.LossWeights(sym=1.0, flow=0.0, p2l=0.0, seg=0.0, sym_placement_only=True)
+    batch = losses.PairBatch(points, points, points, points)
+    shape_grad = torch.autograd.grad(losses.stage2_loss(batch, keypoints, logits, keypoints, logits, weights)[0],
+                                     keypoints)[0][0]
+    torch.testing.assert_close(shape_grad, shape_grad[:1].expand_as(shape_grad))
+
+
 def test_points_to_limb_equals_radius_and_grows(body):
     joints, points, logits, _ = body
     probs = logits.softmax(-1)
