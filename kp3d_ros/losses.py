@@ -176,11 +176,13 @@ def symmetry_loss(points: torch.Tensor, keypoints: torch.Tensor, probs: torch.Te
 
 def joint_to_part_loss(points: torch.Tensor, keypoints: torch.Tensor, probs: torch.Tensor,
                        pairs: list[tuple[int, int]] | None = None, valid: torch.Tensor | None = None,
-                       min_mass: float = 1.0) -> torch.Tensor:
+                       min_mass: float = 1.0, vertical_only: bool = False) -> torch.Tensor:
     """L_j2p: each paired joint against the probability-weighted centroid of its part's points.
 
     Pairs whose part has less than `min_mass` total probability (about one point) in a sample are
-    left out: their centroid is undefined (the part is not seen).
+    left out: their centroid is undefined (the part is not seen). vertical_only compares heights (crop z)
+    only: a LiDAR sees one side of the head, so the centroid lies sensor-side of the head centre, but at
+    its height.
     """
     pairs = _J2P if pairs is None else pairs
     if not pairs:
@@ -192,7 +194,8 @@ def joint_to_part_loss(points: torch.Tensor, keypoints: torch.Tensor, probs: tor
     mass = w.sum(1)  # (B, P)
     centroid = (w.transpose(1, 2) @ points) / (mass[..., None] + EPS)  # (B, P, 3)
     seen = (mass.detach() >= min_mass).to(points.dtype)
-    dist = (keypoints[:, joints] - centroid).norm(dim=-1)
+    diff = keypoints[:, joints] - centroid
+    dist = diff[..., 2].abs() if vertical_only else diff.norm(dim=-1)
     return (dist * seen).sum() / seen.sum().clamp(min=1.0)
 
 
@@ -287,6 +290,7 @@ class LossWeights:
     sym_limbs: tuple[str, ...] = ()  # limbs (skeleton.LIMB_NAMES) that L_sym covers; empty: all
     sym_placement_only: bool = False  # L_sym moves the whole skeleton only (its gradient reaches the mean joint)
     sym_vertical: float = 1.0  # with sym_placement_only: scale of L_sym's vertical (crop z) pull
+    j2p_vertical_only: bool = False  # L_j2p on heights only (see joint_to_part_loss)
 
     def __post_init__(self) -> None:
         self.sym_limbs = tuple(self.sym_limbs)
@@ -357,7 +361,8 @@ def stage2_loss(batch: PairBatch, keypoints_t: torch.Tensor, logits_t: torch.Ten
         parts["p2l"] = 0.5 * sum(points_to_limb_loss(p, k, pr, valid=v, margin=w.p2l_margin)
                                  for p, k, pr, _, v, _ in frames)
     if w.j2p:
-        parts["j2p"] = 0.5 * sum(joint_to_part_loss(p, k, pr, valid=v) for p, k, pr, _, v, _ in frames)
+        parts["j2p"] = 0.5 * sum(joint_to_part_loss(p, k, pr, valid=v, vertical_only=w.j2p_vertical_only)
+                                 for p, k, pr, _, v, _ in frames)
     if w.sym:
         mask = w.sym_limb_mask()
         place = (lambda k: placement_only(k, w.sym_vertical)) if w.sym_placement_only else (lambda k: k)

@@ -176,6 +176,19 @@ def test_joint_to_part_zero_at_centroid(body):
     assert losses.joint_to_part_loss(points, joints, probs).item() > 0.05
 
 
+def test_joint_to_part_vertical_only_compares_heights(body):
+    joints, points, logits, parts = body
+    probs = logits.softmax(-1)
+    head = torch.from_numpy(parts == sk.PART_INDEX["head"])
+    level = joints.clone()
+    level[0, sk.JOINT_INDEX["head_center"]] = points[0, head].mean(0) + torch.tensor([0.1, -0.05, 0.0],
+                                                                                       dtype=points.dtype)
+    assert losses.joint_to_part_loss(points, level, probs, vertical_only=True).item() < 1e-3
+    assert losses.joint_to_part_loss(points, level, probs).item() > 0.1  # the full loss sees the offset
+    level[0, sk.JOINT_INDEX["head_center"], 2] += 0.04
+    assert losses.joint_to_part_loss(points, level, probs, vertical_only=True).item() == pytest.approx(0.04, abs=2e-3)
+
+
 def test_bone_consistency_zero_for_constant_lengths():
     joints = torch.from_numpy(standing_joints())
     frames = torch.stack([joints @ torch.from_numpy(rot_z(a)).T + a for a in (0.0, 0.5, 1.0, 2.0)])

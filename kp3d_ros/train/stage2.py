@@ -50,7 +50,7 @@ DEFAULTS: dict = {
     "loss": {"flow": 0.02, "p2l": 0.01, "sym": 0.5, "j2p": 0.0, "seg": 0.5, "bone": 0.0, "bone_group": 0.0,
              "bandwidth": losses.DEFAULT_BANDWIDTH, "p2l_margin": 0.0, "detach_part_weights": False,
              "sym_limbs": [], "sym_placement_only": False,
-             "sym_vertical": 1.0},
+             "sym_vertical": 1.0, "j2p_vertical_only": False},
     "seg_target": "confident",  # confident | nearest_limb | none
     "confidence": 0.9,
     "train": {"epochs": 4, "steps_per_epoch": 50, "batch_size": 16, "pairs_per_track": 2, "lr": 1.0e-4,
