@@ -22,7 +22,9 @@ def test_stage2_configs_load(name: str) -> None:
 def test_anchored_stage2_config_is_the_measured_recipe() -> None:
     cfg = stage2.load_config(CONFIG / "stage2_anchored.yaml")
     weights = losses.LossWeights.from_dict(cfg["loss"])
-    assert (weights.flow, weights.sym, weights.p2l, weights.detach_part_weights) == (6.0, 150.0, 0.0, True)
+    assert (weights.flow, weights.sym, weights.p2l, weights.detach_part_weights) == (6.0, 500.0, 0.0, True)
+    assert weights.sym_placement_only and weights.sym_vertical == 0.0
+    assert weights.j2p == 2.0 and weights.j2p_vertical_only
     assert set(weights.sym_limbs) == set(sk.LIMB_NAMES) - {"left_forearm", "right_forearm"}
     assert cfg["source"]["weight"] == 1.0 and cfg["source"]["data"]
     assert cfg["train"]["epochs"] * cfg["train"]["steps_per_epoch"] == 1200
