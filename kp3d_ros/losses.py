@@ -336,7 +336,7 @@ class PairBatch:
 
 def placement_only(keypoints: torch.Tensor, vertical: float = 1.0) -> torch.Tensor:
     """The same keypoints (B, J, 3) with a gradient that reaches only their mean: a loss on the result
-    moves the whole skeleton rigidly and leaves its shape alone. `vertical` scales the gradient along z."""
+    pulls every joint equally (towards a rigid move, not a new shape). `vertical` scales the pull along z."""
     centre = keypoints.mean(1, keepdim=True)
     scale = torch.tensor([1.0, 1.0, vertical], dtype=keypoints.dtype, device=keypoints.device)
     return keypoints.detach() + scale * (centre - centre.detach())

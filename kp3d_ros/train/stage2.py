@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -47,10 +48,7 @@ DEFAULTS: dict = {
     "val_sequences": 16,  # held out from DATA for the unsupervised validation loss
     "keep_ground": True,  # crops keep their ground points, as the node's crops do
     "flow": {"method": "realtime", "iterations": 5, "cache_dir": ""},
-    "loss": {"flow": 0.02, "p2l": 0.01, "sym": 0.5, "j2p": 0.0, "seg": 0.5, "bone": 0.0, "bone_group": 0.0,
-             "bandwidth": losses.DEFAULT_BANDWIDTH, "p2l_margin": 0.0, "detach_part_weights": False,
-             "sym_limbs": [], "sym_placement_only": False,
-             "sym_vertical": 1.0, "j2p_vertical_only": False},
+    "loss": dataclasses.asdict(losses.LossWeights()),  # method.md's weights (losses.LossWeights)
     "seg_target": "confident",  # confident | nearest_limb | none
     "confidence": 0.9,
     "train": {"epochs": 4, "steps_per_epoch": 50, "batch_size": 16, "pairs_per_track": 2, "lr": 1.0e-4,
