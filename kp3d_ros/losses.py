@@ -29,6 +29,7 @@ _BONE_A = torch.cat([_PARENT, torch.from_numpy(np.stack([sk.point_weights("left_
                                                           sk.point_weights("left_hip")]))])
 _BONE_B = torch.cat([_CHILD, torch.from_numpy(np.stack([sk.point_weights("right_shoulder"),
                                                          sk.point_weights("right_hip")]))])
+_ANKLES = [sk.JOINT_INDEX["left_ankle"], sk.JOINT_INDEX["right_ankle"]]
 # Typical adult bone lengths (m) and a generous plausible range, used by the group-variance loss
 # (as the average skeleton) and by the online adapter's plausibility guard.
 REFERENCE_BONE_LENGTHS = torch.tensor(
@@ -258,6 +259,37 @@ def bone_group_variance_loss(keypoints: torch.Tensor,
     return torch.stack(terms, 1).mean()
 
 
+def bone_prior_loss(keypoints: torch.Tensor, population: torch.Tensor) -> torch.Tensor:
+    """The batch's mean length of each bone against a population's mean (E,): mean squared relative error.
+
+    A prior on the crowd, not on the person: it corrects a systematic scale (bulky clothing reads as a
+    bigger person) and leaves each person free to be taller or shorter than the mean.
+    """
+    ratio = bone_lengths(keypoints).mean(0) / _like(population, keypoints)
+    return ((ratio - 1.0) ** 2).mean()
+
+
+def lowest_ankle_height(keypoints: torch.Tensor, ground: torch.Tensor) -> torch.Tensor:
+    """Height (B,) of each person's lower ankle above the ground height (B,) under it."""
+    return keypoints[:, _ANKLES, 2].min(1).values - ground
+
+
+def ground_prior_loss(keypoints: torch.Tensor, ground: torch.Tensor, height: float) -> torch.Tensor:
+    """The batch's mean height of the lower ankle above the ground against a population's mean (m):
+    squared error. Samples whose ground height is unknown (NaN) are left out. The gradient reaches each
+    skeleton's mean joint only (placement_only): the loss lifts or lowers whole skeletons, not the feet.
+
+    People stand on the ground: this fixes where the skeletons sit vertically, while each person may still
+    lift a foot, crouch or jump.
+    """
+    known = torch.isfinite(ground)
+    if not bool(known.any()):
+        return keypoints.sum() * 0.0
+    placed = placement_only(keypoints[known])
+    gap = lowest_ankle_height(placed, ground[known].to(keypoints.dtype)).mean() - height
+    return gap ** 2
+
+
 def skeleton_plausibility(keypoints: torch.Tensor) -> dict[str, float]:
     """Share of bones within the human range and mean left/right length mismatch (relative)."""
     with torch.no_grad():
@@ -291,6 +323,10 @@ class LossWeights:
     sym_placement_only: bool = False  # L_sym moves the whole skeleton only (its gradient reaches the mean joint)
     sym_vertical: float = 1.0  # with sym_placement_only: scale of L_sym's vertical (crop z) pull
     j2p_vertical_only: bool = False  # L_j2p on heights only (see joint_to_part_loss)
+    bone_prior: float = 0.0  # batch-mean bone lengths against the population's (bone_prior_loss)
+    bone_prior_lengths: tuple[float, ...] = ()  # the population's mean length (m) of each BONE_NAMES bone
+    ground_prior: float = 0.0  # batch-mean height of the lower ankle above the ground (ground_prior_loss)
+    ground_prior_height: float = 0.0  # the population's mean of that height (m)
 
     def __post_init__(self) -> None:
         self.sym_limbs = tuple(self.sym_limbs)
@@ -298,6 +334,15 @@ class LossWeights:
         if unknown:
             raise ValueError(f"unknown limb(s) in sym_limbs: {', '.join(sorted(unknown))}; "
                              f"expected names from {sk.LIMB_NAMES}")
+        self.bone_prior_lengths = tuple(float(v) for v in self.bone_prior_lengths)
+        lengths = self.bone_prior_lengths
+        if lengths and (len(lengths) != len(BONE_NAMES) or min(lengths) <= 0):
+            raise ValueError(f"bone_prior_lengths needs {len(BONE_NAMES)} positive lengths ({BONE_NAMES}), "
+                             f"got {lengths}")
+        if self.bone_prior and not lengths:
+            raise ValueError("bone_prior needs bone_prior_lengths (stage2 measures them on source.data)")
+        if self.ground_prior and not self.ground_prior_height > 0:
+            raise ValueError("ground_prior needs a positive ground_prior_height (stage2 measures it on source.data)")
 
     def sym_limb_mask(self) -> torch.Tensor | None:
         """(L,) mask of the limbs L_sym covers, or None for all."""
@@ -332,6 +377,8 @@ class PairBatch:
     labels_t: torch.Tensor | None = None  # pseudo-labels (B, N), -1 ignored
     labels_t1: torch.Tensor | None = None
     track: torch.Tensor | None = None  # (B,) track ids for bone consistency
+    ground_t: torch.Tensor | None = None  # (B,) ground height under each person in its crop frame, NaN: unknown
+    ground_t1: torch.Tensor | None = None
 
 
 def placement_only(keypoints: torch.Tensor, vertical: float = 1.0) -> torch.Tensor:
@@ -373,6 +420,13 @@ def stage2_loss(batch: PairBatch, keypoints_t: torch.Tensor, logits_t: torch.Ten
     if w.bone and batch.track is not None:
         both = torch.cat([keypoints_t, keypoints_t1])
         parts["bone"] = bone_consistency_loss(both, torch.cat([batch.track, batch.track]))
+    if w.bone_prior:
+        both = torch.cat([keypoints_t, keypoints_t1])
+        parts["bone_prior"] = bone_prior_loss(both, torch.tensor(w.bone_prior_lengths))
+    if w.ground_prior and batch.ground_t is not None and batch.ground_t1 is not None:
+        parts["ground_prior"] = ground_prior_loss(torch.cat([keypoints_t, keypoints_t1]),
+                                                  torch.cat([batch.ground_t, batch.ground_t1]),
+                                                  w.ground_prior_height)
     if w.bone_group:
         parts["bone_group"] = bone_group_variance_loss(torch.cat([keypoints_t, keypoints_t1]))
     total = zero

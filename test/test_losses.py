@@ -201,6 +201,54 @@ def test_bone_consistency_zero_for_constant_lengths():
     assert losses.bone_consistency_loss(stretched, torch.tensor([1, 1, 2, 1])).item() < 1e-12
 
 
+def test_bone_prior_holds_the_crowd_not_the_person():
+    joints = torch.from_numpy(standing_joints())
+    population = losses.bone_lengths(joints)
+    crowd = torch.stack([joints * s for s in (0.9, 1.1)])  # one smaller, one bigger person: mean as population
+    assert losses.bone_prior_loss(crowd, population).item() < 1e-12
+    bigger = (crowd * 1.1).requires_grad_(True)  # everyone 10 % too big: (0.1)^2
+    loss = losses.bone_prior_loss(bigger, population)
+    assert loss.item() == pytest.approx(0.01, rel=1e-6)
+    loss.backward()
+    centre = bigger.detach().mean(1, keepdim=True)
+    assert (bigger.grad * (bigger.detach() - centre)).sum() > 0  # growing raises it, shrinking lowers it
+    stepped = bigger.detach() - 0.5 * bigger.grad
+    assert losses.bone_prior_loss(stepped, population).item() < loss.item()
+
+
+def test_bone_prior_needs_the_population_lengths(body):
+    with pytest.raises(ValueError, match="bone_prior_lengths"):
+        losses.LossWeights(bone_prior=1.0)
+    with pytest.raises(ValueError, match="12 positive"):
+        losses.LossWeights(bone_prior=1.0, bone_prior_lengths=(0.3,) * 5)
+    joints, points, logits, _ = body
+    weights = losses.LossWeights(flow=0, p2l=0, sym=0, seg=0, bone_prior=2.0,
+                                 bone_prior_lengths=tuple(losses.bone_lengths(joints[0] / 1.2).tolist()))
+    batch = losses.PairBatch(points, points, points, points)
+    total, parts = losses.stage2_loss(batch, joints, logits, joints, logits, weights)
+    assert parts["bone_prior"] == pytest.approx(0.04, rel=1e-6)
+    assert total.item() == pytest.approx(0.08, rel=1e-6)
+
+
+def test_ground_prior_lifts_whole_skeletons_to_the_population_height():
+    joints = torch.from_numpy(standing_joints())  # lower ankle 0.12 m above z = 0
+    crowd = torch.stack([joints, joints + torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64)])
+    ground = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    assert losses.ground_prior_loss(crowd, ground, 0.12).item() < 1e-12
+    sunk = (crowd - torch.tensor([0.0, 0.0, 0.05], dtype=torch.float64)).requires_grad_(True)
+    loss = losses.ground_prior_loss(sunk, ground, 0.12)
+    assert loss.item() == pytest.approx(0.05 ** 2, rel=1e-6)
+    loss.backward()
+    grad = sunk.grad
+    assert torch.allclose(grad, grad[:, :1].expand_as(grad))  # every joint pulled alike: a rigid lift
+    assert (grad[..., 2] < 0).all() and grad[..., :2].abs().max() < 1e-12
+    unknown = torch.tensor([0.0, float("nan")], dtype=torch.float64)  # a person without ground is left out
+    assert losses.ground_prior_loss(crowd[:1] - 0.05, unknown[:1], 0.12).item() == pytest.approx(0.05 ** 2)
+    assert losses.ground_prior_loss(sunk.detach(), unknown, 0.12).item() == pytest.approx(0.05 ** 2)
+    with pytest.raises(ValueError, match="ground_prior_height"):
+        losses.LossWeights(ground_prior=1.0)
+
+
 def test_group_variance_and_plausibility():
     joints = torch.from_numpy(standing_joints())[None]
     base = losses.bone_group_variance_loss(joints).item()
