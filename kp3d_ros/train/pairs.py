@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from kp3d_ros.losses import PairBatch
-from kp3d_ros.model.preprocess import crop_frame, sample_indices, to_crop_frame
+from kp3d_ros.model.preprocess import SCALE, crop_frame, sample_indices, to_crop_frame
 
 
 @dataclass
@@ -27,6 +27,8 @@ class PairSample:
     track: int = 0
     joints_t: np.ndarray | None = None
     joints_t1: np.ndarray | None = None
+    ground_z_t: float = float("nan")  # ground height under the person (LiDAR frame z), NaN: unknown
+    ground_z_t1: float = float("nan")
 
     def __post_init__(self) -> None:
         for name in ("src", "dst", "forward", "backward"):
@@ -62,7 +64,7 @@ def collate_pairs(samples: list[PairSample], num_points: int, rng: np.random.Gen
     """Stack samples into a PairBatch (float32 tensors) with points in their own crop frames (network units)."""
     if not samples:
         raise ValueError("collate_pairs needs at least one sample")
-    pts_t, pts_t1, car_t, car_t1, val_t, val_t1, frame_t, frame_t1 = ([] for _ in range(8))
+    pts_t, pts_t1, car_t, car_t1, val_t, val_t1, frame_t, frame_t1, gnd_t, gnd_t1 = ([] for _ in range(10))
     for s in samples:
         p0, f0, v0, frame0 = _resampled(s.src, s.forward, num_points, rng)
         p1, f1, v1, frame1 = _resampled(s.dst, s.backward, num_points, rng)
@@ -74,13 +76,17 @@ def collate_pairs(samples: list[PairSample], num_points: int, rng: np.random.Gen
         val_t1.append(v1)
         frame_t.append(frame0)
         frame_t1.append(frame1)
+        gnd_t.append((s.ground_z_t - frame0[0][2]) / SCALE)  # the crop frame's rotation is about z
+        gnd_t1.append((s.ground_z_t1 - frame1[0][2]) / SCALE)
 
     def t(arrays: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.stack(arrays).astype(np.float32))
 
     batch = PairBatch(points_t=t(pts_t), points_t1=t(pts_t1), carried_t=t(car_t), carried_t1=t(car_t1),
                       valid_t=torch.from_numpy(np.stack(val_t)), valid_t1=torch.from_numpy(np.stack(val_t1)),
-                      track=torch.tensor([s.track for s in samples], dtype=torch.int64))
+                      track=torch.tensor([s.track for s in samples], dtype=torch.int64),
+                      ground_t=torch.tensor(gnd_t, dtype=torch.float32),
+                      ground_t1=torch.tensor(gnd_t1, dtype=torch.float32))
     have_joints = all(s.joints_t is not None and s.joints_t1 is not None for s in samples)
     centres_t, rotations_t = (np.stack(a) for a in zip(*frame_t, strict=True))
     centres_t1, rotations_t1 = (np.stack(a) for a in zip(*frame_t1, strict=True))

@@ -118,7 +118,7 @@ def sequence_pairs(frames: list, track: int, flow_fn, keep_ground: bool = True,
         src, dst = a.points, b.points
         if not keep_ground:
             src, dst, fwd, bwd = src[up_a], dst[up_b], fwd[up_a], bwd[up_b]
-        out.append(PairSample(src, dst, fwd, bwd, track, a.joints, b.joints))
+        out.append(PairSample(src, dst, fwd, bwd, track, a.joints, b.joints, float(a.centre[2]), float(b.centre[2])))
     return out
 
 
@@ -163,7 +163,8 @@ def load_bag_pairs(paths: list[str], cfg: dict, topic: str = "/points", log=prin
                 fwd = flow_fn(crop.previous_points, crop.points, init)
                 bwd = flow_fn(crop.points, crop.previous_points, -init)
                 tracks.setdefault(offset + crop.track_id, []).append(
-                    PairSample(crop.previous_points, crop.points, fwd, bwd, offset + crop.track_id))
+                    PairSample(crop.previous_points, crop.points, fwd, bwd, offset + crop.track_id,
+                               ground_z_t=float(crop.centre[2]), ground_z_t1=float(crop.centre[2])))
         offset += 1_000_000
     log(f"{datetime.now():%H:%M:%S} {sum(map(len, tracks.values()))} pairs from {len(tracks)} tracks in bags")
     return list(tracks.values())
@@ -198,6 +199,44 @@ def source_objective(cfg: dict, model: torch.nn.Module) -> Callable[[], torch.Te
     batches = stage1.training_batches(dataset, s1, 0, stage1.make_augmenter(s1["augment"], s1.get("sensor_augment")))
     w_kp, w_seg = s1["train"]["w_kp"], s1["train"]["w_seg"]
     return lambda: stage1.stage1_losses(model, *next(batches), w_kp=w_kp, w_seg=w_seg)["loss"]
+
+
+def population_priors(root: Path, max_shards: int = 16) -> dict[str, list[float] | float]:
+    """The labelled population of a `kp3d synth` root's train split (its first `max_shards` shards), as the
+    loss's prior entries: the mean length (m) of each losses.BONE_NAMES bone and the mean height of the
+    lower ankle above the ground (m)."""
+    from kp3d_ros.synth.dataset import shard_path
+
+    joints, ground = [], []
+    for k in range(max_shards):
+        path = shard_path(root / "train", k)
+        if path.exists():
+            with np.load(path) as shard:
+                joints.append(shard["joints"])
+                ground.append(shard["centre"][:, 2])  # sensor frame: the ground is at -sensor height
+    if not joints:
+        raise FileNotFoundError(f"no labelled shards under {root / 'train'} to measure the population priors on")
+    kp = torch.from_numpy(np.concatenate(joints)).double()
+    lengths = losses.bone_lengths(kp).mean(0)
+    height = losses.lowest_ankle_height(kp, torch.from_numpy(np.concatenate(ground)).double()).mean()
+    return {"bone_prior_lengths": [round(float(v), 4) for v in lengths],
+            "ground_prior_height": round(float(height), 4)}
+
+
+def fill_population_priors(cfg: dict, log=print) -> None:
+    """Measure the entries that loss.bone_prior / loss.ground_prior need, where the config leaves them
+    empty, on the labelled source data (source.data)."""
+    loss = cfg["loss"]
+    missing = [key for weight, key in (("bone_prior", "bone_prior_lengths"), ("ground_prior", "ground_prior_height"))
+               if loss.get(weight) and not loss.get(key)]
+    if not missing:
+        return
+    if not cfg["source"]["data"]:
+        raise ValueError(f"loss.{', loss.'.join(missing)} not given and no source.data to measure them on")
+    measured = population_priors(Path(cfg["source"]["data"]))
+    for key in missing:
+        loss[key] = measured[key]
+        log(f"population prior from {cfg['source']['data']}: {key} = {measured[key]}")
 
 
 class Stage2Objective:
@@ -298,6 +337,7 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
         raise ValueError(f"too little data in {data}: {len(tracks)} tracks with pairs")
     n_val = min(int(cfg["val_sequences"]), len(tracks) // 4)
     val_tracks, train_tracks = tracks[:n_val], tracks[n_val:]
+    fill_population_priors(cfg, log)
     weights = losses.LossWeights.from_dict(cfg["loss"])
     objective = Stage2Objective(model, frozen, weights, cfg["seg_target"], float(cfg["confidence"]))
     val_rng = np.random.default_rng(1234)
