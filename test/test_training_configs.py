@@ -33,3 +33,10 @@ def test_anchored_stage2_config_is_the_measured_recipe() -> None:
 def test_stage1_config_loads() -> None:
     cfg = stage1.load_config(CONFIG / "stage1.yaml")
     assert set(cfg) <= set(stage1.DEFAULTS) and cfg["num_points"] > 0
+
+
+def test_a_loaded_config_shares_nothing_with_the_defaults() -> None:
+    cfg = stage2.load_config(None)
+    cfg["loss"]["flow"] = 99.0
+    cfg["train"]["lr"] = 1.0
+    assert stage2.DEFAULTS["loss"]["flow"] != 99.0 and stage2.DEFAULTS["train"]["lr"] != 1.0

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import yaml
 
 
 def merge(base: dict, override: dict) -> dict:
-    """`base` with `override`'s entries on top; nested dicts are merged key by key."""
-    out = dict(base)
+    """A copy of `base` (sharing nothing with it) with `override`'s entries on top; nested dicts are merged
+    key by key."""
+    out = copy.deepcopy(base)
     for k, v in (override or {}).items():
         out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
     return out
