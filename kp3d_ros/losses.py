@@ -325,6 +325,7 @@ class LossWeights:
     j2p_vertical_only: bool = False  # L_j2p on heights only (see joint_to_part_loss)
     bone_prior: float = 0.0  # batch-mean bone lengths against the population's (bone_prior_loss)
     bone_prior_lengths: tuple[float, ...] = ()  # the population's mean length (m) of each BONE_NAMES bone
+    bone_prior_size_only: bool = False  # L_bone_prior scales skeletons (size_only), it does not reshape them
     ground_prior: float = 0.0  # batch-mean height of the lower ankle above the ground (ground_prior_loss)
     ground_prior_height: float = 0.0  # the population's mean of that height (m)
 
@@ -389,6 +390,16 @@ def placement_only(keypoints: torch.Tensor, vertical: float = 1.0) -> torch.Tens
     return keypoints.detach() + scale * (centre - centre.detach())
 
 
+def size_only(keypoints: torch.Tensor) -> torch.Tensor:
+    """The same keypoints (B, J, 3) with a gradient that reaches only each skeleton's size (the RMS distance
+    of its joints from their mean, whose gradient is the direction of a uniform scaling): a loss on the
+    result scales skeletons about their centres, not their shape."""
+    centre = keypoints.mean(1, keepdim=True).detach()
+    offsets = keypoints - centre
+    size = offsets.pow(2).sum(-1).mean(1).sqrt()[:, None, None]
+    return centre + offsets.detach() * (size / size.detach())
+
+
 def stage2_loss(batch: PairBatch, keypoints_t: torch.Tensor, logits_t: torch.Tensor, keypoints_t1: torch.Tensor,
                 logits_t1: torch.Tensor, weights: LossWeights | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted total and its components (floats, unweighted) for one batch of pairs."""
@@ -422,7 +433,8 @@ def stage2_loss(batch: PairBatch, keypoints_t: torch.Tensor, logits_t: torch.Ten
         parts["bone"] = bone_consistency_loss(both, torch.cat([batch.track, batch.track]))
     if w.bone_prior:
         both = torch.cat([keypoints_t, keypoints_t1])
-        parts["bone_prior"] = bone_prior_loss(both, torch.tensor(w.bone_prior_lengths))
+        parts["bone_prior"] = bone_prior_loss(size_only(both) if w.bone_prior_size_only else both,
+                                              torch.tensor(w.bone_prior_lengths))
     if w.ground_prior and batch.ground_t is not None and batch.ground_t1 is not None:
         parts["ground_prior"] = ground_prior_loss(torch.cat([keypoints_t, keypoints_t1]),
                                                   torch.cat([batch.ground_t, batch.ground_t1]),

@@ -216,6 +216,18 @@ def test_bone_prior_holds_the_crowd_not_the_person():
     assert losses.bone_prior_loss(stepped, population).item() < loss.item()
 
 
+def test_size_only_bone_prior_scales_skeletons_uniformly():
+    joints = torch.from_numpy(standing_joints())
+    crowd = torch.stack([joints, joints @ torch.from_numpy(rot_z(1.0)).T * 0.9]).requires_grad_(True)
+    sized = losses.size_only(crowd)
+    assert torch.allclose(sized, crowd)
+    losses.bone_prior_loss(sized, losses.bone_lengths(joints) * 0.8).backward()
+    offsets = crowd.detach() - crowd.detach().mean(1, keepdim=True)
+    per_person = (crowd.grad * offsets).sum((1, 2)) / offsets.pow(2).sum((1, 2))
+    assert torch.allclose(crowd.grad, per_person[:, None, None] * offsets)  # along the scaling direction
+    assert (per_person > 0).all()  # too big: descent shrinks both
+
+
 def test_bone_prior_needs_the_population_lengths(body):
     with pytest.raises(ValueError, match="bone_prior_lengths"):
         losses.LossWeights(bone_prior=1.0)

@@ -53,6 +53,7 @@ DEFAULTS: dict = {
     "confidence": 0.9,
     "train": {"epochs": 4, "steps_per_epoch": 50, "batch_size": 16, "pairs_per_track": 2, "lr": 1.0e-4,
               "weight_decay": 0.0, "warmup_steps": 10, "max_minutes": 15.0, "grad_clip": 1.0},
+    "rounds": 1,  # rounds of Stage II, each from the previous round's model and with its pseudo-labels
     "eval": {"data": "", "max_sequences": 0},  # labelled sequences for the MPJPE report
     # Labelled synthetic (source) batches mixed into every step with this weight x the Stage I loss, which
     # anchors the network while the unsupervised losses adapt it; 0 or no data: off.
@@ -90,12 +91,24 @@ def above_ground(points: np.ndarray, ground_z: float) -> np.ndarray:
     return points[:, 2] >= ground_z + GROUND_THRESHOLD
 
 
+def crop_ground_z(points: np.ndarray) -> float:
+    """The node's ground estimate (core.ground with the node's default parameters) under a crop's mean
+    point: what loss.ground_prior gets on synthetic sequences, as on bags, instead of the true ground."""
+    from kp3d_ros.core.ground import segment_ground
+    from kp3d_ros.core.params import defaults
+
+    p = defaults()
+    ground = segment_ground(points, p["ground.cell_size"], p["ground.clearance"], p["roi.max_range"])
+    return float(ground.grid.height_at(points[:, :2].mean(0, keepdims=True))[0])
+
+
 def sequence_pairs(frames: list, track: int, flow_fn, keep_ground: bool = True,
                    min_points: int = 20) -> list[PairSample]:
     """Pairs of consecutive frames of one synthetic sequence (flow_fn None: the true flow).
 
     Flow is estimated on the points above the ground only; ground points (kept in the crop when
-    keep_ground, as the node's crops keep them) get zero flow: the ground does not move.
+    keep_ground, as the node's crops keep them) get zero flow: the ground does not move. The ground height
+    under each crop (loss.ground_prior) is the node's estimate from the crop's points (crop_ground_z).
     """
     out: list[PairSample] = []
     previous_centroid = None
@@ -118,7 +131,8 @@ def sequence_pairs(frames: list, track: int, flow_fn, keep_ground: bool = True,
         src, dst = a.points, b.points
         if not keep_ground:
             src, dst, fwd, bwd = src[up_a], dst[up_b], fwd[up_a], bwd[up_b]
-        out.append(PairSample(src, dst, fwd, bwd, track, a.joints, b.joints, float(a.centre[2]), float(b.centre[2])))
+        out.append(PairSample(src, dst, fwd, bwd, track, a.joints, b.joints, crop_ground_z(a.points),
+                              crop_ground_z(b.points)))
     return out
 
 
@@ -320,12 +334,13 @@ def evaluate_sequences(checkpoint: str | Path, root: str | Path, max_sequences: 
 def run(cfg: dict, resume: bool = False, log=print) -> dict:
     torch.set_num_threads(int(cfg["threads"]))
     torch.manual_seed(cfg["seed"])
+    rounds = int(cfg["rounds"])
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    if resume and rounds > 1:
+        raise ValueError("--resume continues a single round; with rounds > 1 start the last round from its init")
     model, meta = load_model(cfg["init"])
     cfg.setdefault("num_points", int(meta["num_points"]))
-    frozen = copy.deepcopy(model).eval() if cfg["seg_target"] == "confident" else None
-    if frozen is not None:
-        for p in frozen.parameters():
-            p.requires_grad_(False)
     data = [str(d) for d in (cfg["data"] if isinstance(cfg["data"], list) else [cfg["data"]])]
     if all(Path(d).is_dir() for d in data) and len(data) == 1 and (Path(data[0]) / "meta.json").exists():
         tracks = load_sequence_pairs(data[0], cfg, log)
@@ -338,12 +353,38 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
     n_val = min(int(cfg["val_sequences"]), len(tracks) // 4)
     val_tracks, train_tracks = tracks[:n_val], tracks[n_val:]
     fill_population_priors(cfg, log)
-    weights = losses.LossWeights.from_dict(cfg["loss"])
-    objective = Stage2Objective(model, frozen, weights, cfg["seg_target"], float(cfg["confidence"]))
     val_rng = np.random.default_rng(1234)
     val_prepared = [collate_pairs(pairs, cfg["num_points"], val_rng) for pairs in val_tracks] if n_val else []
-
     source_loss = source_objective(cfg, model)
+    run_meta = dict(meta) | {"stage": "stage2", "init": str(cfg["init"]), "data": data, "loss": cfg["loss"],
+                             "seg_target": cfg["seg_target"], "flow": cfg["flow"]["method"], "rounds": rounds}
+    report: dict = {"out": cfg["out"]}
+    for k in range(1, rounds + 1):
+        # Each round starts from the previous one's model, which also gives the pseudo-labels.
+        out = Path(cfg["out"]) if k == rounds else Path(cfg["out"]) / f"round{k}"
+        if rounds > 1:
+            log(f"{datetime.now():%H:%M:%S} round {k} of {rounds} -> {out}")
+        report["result"] = _train_round(model, cfg, train_tracks, val_prepared, source_loss, out,
+                                        run_meta | {"round": k}, resume, log)
+    if cfg["eval"]["data"]:
+        for name in ("init", "last"):
+            path = cfg["init"] if name == "init" else Path(cfg["out"]) / "last.pt"
+            report[name] = evaluate_sequences(path, cfg["eval"]["data"], int(cfg["eval"]["max_sequences"]),
+                                              keep_ground=bool(cfg["keep_ground"]))
+            log(f"target test, {name}: {report[name]}")
+    return report
+
+
+def _train_round(model: torch.nn.Module, cfg: dict, train_tracks: list, val_prepared: list,
+                 source_loss: Callable[[], torch.Tensor] | None, out: Path, run_meta: dict, resume: bool, log):
+    """One round of Stage II on `model` (in place): pseudo-labels from a frozen copy of it, a new optimizer
+    and lr schedule; checkpoints in `out`."""
+    frozen = copy.deepcopy(model).eval() if cfg["seg_target"] == "confident" else None
+    if frozen is not None:
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+    weights = losses.LossWeights.from_dict(cfg["loss"])
+    objective = Stage2Objective(model, frozen, weights, cfg["seg_target"], float(cfg["confidence"]))
 
     def step(prepared) -> dict[str, float]:
         total, parts = objective(prepared.batch)
@@ -359,32 +400,23 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
             return {"val_loss": 0.0}
         with torch.no_grad():
             values = [float(objective(p.batch)[0]) for p in val_prepared]
-        out = {"val_loss": float(np.mean(values))}
-        out |= {f"val_{k}": v for k, v in evaluate_pairs(model, val_prepared).items() if k.endswith("_cm")}
-        return out
+        result = {"val_loss": float(np.mean(values))}
+        result |= {f"val_{k}": v for k, v in evaluate_pairs(model, val_prepared).items() if k.endswith("_cm")}
+        return result
 
     tcfg = cfg["train"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     model.eval()
-    log(f"{datetime.now():%H:%M:%S} stage2: {len(train_tracks)} train / {n_val} val tracks; before: "
+    log(f"{datetime.now():%H:%M:%S} stage2: {len(train_tracks)} train / {len(val_prepared)} val tracks; before: "
         f"{validate()}")
     budget = 60 * tcfg["max_minutes"] if tcfg.get("max_minutes") else None
     fit_cfg = FitConfig(epochs=tcfg["epochs"], steps_per_epoch=tcfg["steps_per_epoch"], lr=tcfg["lr"],
-                        warmup_steps=tcfg["warmup_steps"], out_dir=cfg["out"], monitor="val_loss",
+                        warmup_steps=tcfg["warmup_steps"], out_dir=str(out), monitor="val_loss",
                         time_budget_s=budget, grad_clip=tcfg["grad_clip"], resume=resume)
-    run_meta = dict(meta) | {"stage": "stage2", "init": str(cfg["init"]), "data": data,
-                             "loss": cfg["loss"], "seg_target": cfg["seg_target"], "flow": cfg["flow"]["method"]}
     result = fit(model, optimizer, fit_cfg, lambda e: pair_batches(train_tracks, cfg, e), step, validate,
                  run_meta, log)
     log(f"{datetime.now():%H:%M:%S} done: {result}")
-    report = {"result": result, "out": cfg["out"]}
-    if cfg["eval"]["data"]:
-        for name in ("init", "last"):
-            path = cfg["init"] if name == "init" else Path(cfg["out"]) / "last.pt"
-            report[name] = evaluate_sequences(path, cfg["eval"]["data"], int(cfg["eval"]["max_sequences"]),
-                                              keep_ground=bool(cfg["keep_ground"]))
-            log(f"target test, {name}: {report[name]}")
-    return report
+    return result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,53 @@
+"""A short real Stage II run over synthetic sequences, in rounds: each round starts from the previous
+round's model, keeps its own checkpoints, and the last round's model is the run's."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from kp3d_ros.model.checkpoint import load_payload
+from kp3d_ros.synth.person import DomainConfig
+from kp3d_ros.synth.sequence import write_sequences
+from kp3d_ros.train import stage2
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "kp3d_stage1.pt"
+
+
+@pytest.fixture(scope="module")
+def sequences(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sequences")
+    return write_sequences(root, 6, 3, seed=11, config=DomainConfig(distance_range=(4.0, 10.0)), progress=False)
+
+
+def test_rounds_chain_models_and_keep_each_round(sequences: Path, tmp_path: Path):
+    cfg = stage2.load_config(None)
+    cfg |= {"init": str(MODEL), "data": str(sequences), "out": str(tmp_path / "run"), "rounds": 2,
+            "val_sequences": 2}
+    cfg["train"] |= {"epochs": 1, "steps_per_epoch": 3, "batch_size": 4, "max_minutes": 0, "lr": 1e-3,
+                     "warmup_steps": 0}
+    cfg["loss"] |= {"sym": 50.0, "flow": 5.0}
+    lines: list[str] = []
+    stage2.run(cfg, log=lines.append)
+    # round 2 starts where round 1 ended: its 'before' MPJPE on the labelled val pairs is round 1's last
+    end_of_first = next(x for x in lines if x.startswith("epoch=1"))
+    after_first = float(re.search(r"val_mpjpe_cm=([0-9.]+)", end_of_first).group(1))
+    befores = [float(m.group(1)) for x in lines if (m := re.search(r"before: .*'val_mpjpe_cm': ([0-9.]+)", x))]
+    assert len(befores) == 2 and befores[1] == pytest.approx(after_first, rel=1e-3)
+    assert befores[0] != pytest.approx(after_first, rel=1e-3)
+    first = load_payload(tmp_path / "run" / "round1" / "last.pt")
+    final = load_payload(tmp_path / "run" / "last.pt")
+    start = load_payload(MODEL)
+    assert (first["meta"]["round"], final["meta"]["round"], final["meta"]["rounds"]) == (1, 2, 2)
+    key = next(k for k, v in start["state_dict"].items() if v.is_floating_point() and v.numel() > 100)
+    assert not torch.equal(first["state_dict"][key], start["state_dict"][key])  # round 1 trained
+    assert not torch.equal(final["state_dict"][key], first["state_dict"][key])  # round 2 went on from it
+
+
+def test_rounds_must_be_positive_and_cannot_resume(sequences: Path, tmp_path: Path):
+    cfg = stage2.load_config(None) | {"init": str(MODEL), "data": str(sequences), "out": str(tmp_path)}
+    with pytest.raises(ValueError, match="rounds"):
+        stage2.run(cfg | {"rounds": 0}, log=lambda _: None)
+    with pytest.raises(ValueError, match="resume"):
+        stage2.run(cfg | {"rounds": 2}, resume=True, log=lambda _: None)
