@@ -27,7 +27,7 @@ def test_anchored_stage2_config_is_the_measured_recipe() -> None:
     assert weights.j2p == 2.0 and weights.j2p_vertical_only
     assert set(weights.sym_limbs) == set(sk.LIMB_NAMES) - {"left_forearm", "right_forearm"}
     assert cfg["source"]["weight"] == 1.0 and cfg["source"]["data"]
-    assert cfg["train"]["epochs"] * cfg["train"]["steps_per_epoch"] == 1200
+    assert cfg["train"]["epochs"] * cfg["train"]["steps_per_epoch"] == 1200 and cfg["rounds"] == 2
 
 
 def test_stage1_config_loads() -> None:
