@@ -4,12 +4,13 @@ round's model, keeps its own checkpoints, and the last round's model is the run'
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from kp3d_ros.model.checkpoint import load_payload
 from kp3d_ros.synth.person import DomainConfig
-from kp3d_ros.synth.sequence import write_sequences
+from kp3d_ros.synth.sequence import SequenceDataset, write_sequences
 from kp3d_ros.train import stage2
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "kp3d_stage1.pt"
@@ -43,6 +44,16 @@ def test_rounds_chain_models_and_keep_each_round(sequences: Path, tmp_path: Path
     key = next(k for k, v in start["state_dict"].items() if v.is_floating_point() and v.numel() > 100)
     assert not torch.equal(first["state_dict"][key], start["state_dict"][key])  # round 1 trained
     assert not torch.equal(final["state_dict"][key], first["state_dict"][key])  # round 2 went on from it
+
+
+def test_sequence_pairs_carry_the_estimated_ground_only_when_asked(sequences: Path):
+    frames = SequenceDataset(sequences)[0]
+    with_ground = stage2.sequence_pairs(frames, 0, None, estimate_ground=True)
+    assert with_ground
+    for t, pair in enumerate(with_ground):  # the node's estimate, within a few cm of the true ground
+        assert abs(pair.ground_z_t - frames[t].centre[2]) < 0.1
+        assert abs(pair.ground_z_t1 - frames[t + 1].centre[2]) < 0.1
+    assert all(np.isnan(p.ground_z_t) for p in stage2.sequence_pairs(frames, 0, None))
 
 
 def test_rounds_must_be_positive_and_cannot_resume(sequences: Path, tmp_path: Path):

@@ -103,13 +103,15 @@ def crop_ground_z(points: np.ndarray) -> float:
 
 
 def sequence_pairs(frames: list, track: int, flow_fn, keep_ground: bool = True,
-                   min_points: int = 20) -> list[PairSample]:
+                   min_points: int = 20, estimate_ground: bool = False) -> list[PairSample]:
     """Pairs of consecutive frames of one synthetic sequence (flow_fn None: the true flow).
 
     Flow is estimated on the points above the ground only; ground points (kept in the crop when
-    keep_ground, as the node's crops keep them) get zero flow: the ground does not move. The ground height
-    under each crop (loss.ground_prior) is the node's estimate from the crop's points (crop_ground_z).
+    keep_ground, as the node's crops keep them) get zero flow: the ground does not move. With
+    estimate_ground the pairs carry the ground height under each crop (for loss.ground_prior): the node's
+    estimate from the crop's points (crop_ground_z), once per frame; otherwise it is unknown (NaN).
     """
+    grounds = [crop_ground_z(f.points) if estimate_ground else float("nan") for f in frames]
     out: list[PairSample] = []
     previous_centroid = None
     for t in range(len(frames) - 1):
@@ -131,8 +133,7 @@ def sequence_pairs(frames: list, track: int, flow_fn, keep_ground: bool = True,
         src, dst = a.points, b.points
         if not keep_ground:
             src, dst, fwd, bwd = src[up_a], dst[up_b], fwd[up_a], bwd[up_b]
-        out.append(PairSample(src, dst, fwd, bwd, track, a.joints, b.joints, crop_ground_z(a.points),
-                              crop_ground_z(b.points)))
+        out.append(PairSample(src, dst, fwd, bwd, track, a.joints, b.joints, grounds[t], grounds[t + 1]))
     return out
 
 
@@ -149,7 +150,8 @@ def load_sequence_pairs(root: str | Path, cfg: dict, log=print) -> list[list[Pai
             frames = data[i]
         except FileNotFoundError:  # shard not written yet (data still being generated)
             continue
-        per_sequence.append(sequence_pairs(frames, i, flow_fn, keep_ground=bool(cfg["keep_ground"])))
+        per_sequence.append(sequence_pairs(frames, i, flow_fn, keep_ground=bool(cfg["keep_ground"]),
+                                           estimate_ground=bool(cfg["loss"].get("ground_prior"))))
     log(f"{datetime.now():%H:%M:%S} {sum(map(len, per_sequence))} pairs from {len(per_sequence)} sequences "
         f"({cfg['flow']['method']} flow)")
     return [p for p in per_sequence if p]
