@@ -183,6 +183,60 @@ def test_fit_logs_checkpoints_and_resumes(tmp_path):
     assert meta["num_points"] == 32
 
 
+def test_weight_average_ramps_up_and_swaps_back():
+    from kp3d_ros.train.loop import WeightAverage
+
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average = WeightAverage(model, decay=0.99)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    average.update(model)  # the first update keeps 1/10 of the old weights, not 0.99
+    torch.testing.assert_close(average.shadow["weight"], torch.full((1, 2), 0.9))
+    with average.applied(model) as trained:
+        torch.testing.assert_close(model.weight.detach(), torch.full((1, 2), 0.9))
+        torch.testing.assert_close(trained["weight"], torch.full((1, 2), 1.0))
+    torch.testing.assert_close(model.weight.detach(), torch.full((1, 2), 1.0))
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_fit_with_weight_average_saves_the_average_and_resumes_the_trained_weights(tmp_path):
+    from kp3d_ros.model.checkpoint import load_payload
+    from kp3d_ros.train import stage1
+    from kp3d_ros.train.loop import FitConfig, fit
+
+    torch.manual_seed(0)
+    data = _toy_dataset(24)
+    cfg = stage1.merge(stage1.DEFAULTS, {"num_points": 32, "train": {"steps_per_epoch": 3, "batch_size": 8}})
+    model = build_model(SMALL)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    val = stage1.fixed_batches(data, 32, 16, 8)
+    augmenter = stage1.make_augmenter({})
+
+    def step(batch):
+        out = stage1.stage1_losses(model, *batch, 0.5, 1.0)
+        out["loss"].backward()
+        return {"loss": out["loss"].item()}
+
+    def run(epochs: int, resume: bool):
+        config = FitConfig(epochs=epochs, steps_per_epoch=3, lr=1e-2, warmup_steps=0, out_dir=str(tmp_path),
+                           monitor="val_mpjpe_cm", resume=resume, ema_decay=0.9)
+        return fit(model, optimizer, config, lambda e: stage1.training_batches(data, cfg, e, augmenter), step,
+                   lambda: stage1.validation(model, val, 0.5, 1.0), {"num_points": 32}, log=lambda _: None)
+
+    run(2, resume=False)
+    payload = load_payload(tmp_path / "last.pt")
+    assert payload["ema_updates"] == 6
+    name = "seg_head.2.weight"
+    saved, trained = payload["state_dict"][name], payload["trained_state_dict"][name]
+    assert not torch.allclose(saved, trained)  # the average is not the last weights
+    torch.testing.assert_close(model.state_dict()[name], saved)  # the caller gets the average
+    second = run(3, resume=True)
+    assert second.steps_done == 9 and load_payload(tmp_path / "last.pt")["ema_updates"] == 9
+
+
 def test_cosine_lr_schedule():
     from kp3d_ros.train.loop import cosine_lr
 

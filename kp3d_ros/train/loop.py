@@ -4,15 +4,18 @@
 with linear warm-up, validation after each epoch, a CSV log (one row per epoch), ``last.pt`` (with
 optimizer state, for ``--resume``) and ``best.pt`` (lowest validation ``monitor``). A wall-clock
 ``time_budget_s`` ends training cleanly (validation and checkpoints written) and the learning rate
-decays over whichever ends first, the steps or the budget.
+decays over whichever ends first, the steps or the budget. With ``ema_decay`` > 0 the model that is
+validated, saved and left in ``model`` at the end is an exponential moving average of the trained weights
+(the trained weights travel in ``last.pt`` too, for ``--resume``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +74,7 @@ class FitConfig:
     time_budget_s: float | None = None  # total wall-clock budget (resumed runs included); the lr decays over it
     grad_clip: float | None = 1.0
     resume: bool = False
+    ema_decay: float = 0.0  # > 0: validate and save a moving average of the weights (WeightAverage)
 
 
 @dataclass
@@ -82,9 +86,42 @@ class FitResult:
     stopped_by_deadline: bool
 
 
-def _restore(path: Path, model, optimizer) -> tuple[int, int, float, float]:
+class WeightAverage:
+    """An exponential moving average of a model's floating-point weights. The decay ramps up as
+    min(decay, (1 + n) / (10 + n)) over the first updates, so early weights do not dominate."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.decay, self.updates = decay, 0
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        state = model.state_dict()
+        for k, average in self.shadow.items():
+            average.lerp_(state[k].detach(), 1.0 - decay)
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module) -> Iterator[dict]:
+        """The average in `model` for the block; yields the trained weights, which are put back after."""
+        trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow, strict=False)
+        try:
+            yield trained
+        finally:
+            model.load_state_dict(trained)
+
+
+def _restore(path: Path, model, optimizer, average: WeightAverage | None) -> tuple[int, int, float, float]:
     payload = load_payload(path)
-    model.load_state_dict(payload["state_dict"])
+    trained = payload.get("trained_state_dict")
+    if average is not None and trained is not None:
+        average.shadow = {k: v.clone() for k, v in payload["state_dict"].items() if k in average.shadow}
+        average.updates = int(payload.get("ema_updates", 0))
+    model.load_state_dict(trained if trained is not None else payload["state_dict"])
     if "optimizer" in payload:
         optimizer.load_state_dict(payload["optimizer"])
     return (int(payload.get("epoch", 0)), int(payload.get("step", 0)), float(payload.get("best", math.inf)),
@@ -103,8 +140,9 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: FitCon
     last, best_path = out / "last.pt", out / "best.pt"
     csv_log = CsvLog(out / "log.csv")
     epoch, step, best, wall_before = 0, 0, math.inf, 0.0
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
     if config.resume and last.is_file():
-        epoch, step, best, wall_before = _restore(last, model, optimizer)
+        epoch, step, best, wall_before = _restore(last, model, optimizer, average)
         log(f"resumed from {last}: epoch {epoch}, step {step}, best {config.monitor} {best:.4f}")
     total_steps = config.epochs * config.steps_per_epoch
     start = time.time()
@@ -126,6 +164,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: FitCon
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            if average is not None:
+                average.update(model)
             step, n = step + 1, n + 1
             for k, v in scalars.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -136,17 +176,22 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: FitCon
         bar.close()
         epoch += 1
         model.eval()
-        with torch.no_grad():
-            val = validate()
-        wall = wall_before + time.time() - start
-        row = {"epoch": epoch, "step": step, "wall_s": round(wall, 1), "lr": optimizer.param_groups[0]["lr"]}
-        row |= {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
-        row |= val
-        csv_log.write(row)
-        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        extra = {"optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "wall_s": wall}
-        if val.get(config.monitor, math.inf) < best:
-            best = float(val[config.monitor])
-            save_checkpoint(best_path, model, (meta or {}) | {"epoch": epoch, config.monitor: best})
-        save_checkpoint(last, model, meta, best=best, **extra)
+        with average.applied(model) if average is not None else contextlib.nullcontext() as trained:
+            with torch.no_grad():
+                val = validate()
+            wall = wall_before + time.time() - start
+            row = {"epoch": epoch, "step": step, "wall_s": round(wall, 1), "lr": optimizer.param_groups[0]["lr"]}
+            row |= {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
+            row |= val
+            csv_log.write(row)
+            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            extra = {"optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "wall_s": wall}
+            if trained is not None:
+                extra |= {"trained_state_dict": trained, "ema_updates": average.updates}
+            if val.get(config.monitor, math.inf) < best:
+                best = float(val[config.monitor])
+                save_checkpoint(best_path, model, (meta or {}) | {"epoch": epoch, config.monitor: best})
+            save_checkpoint(last, model, meta, best=best, **extra)
+    if average is not None:  # the caller (and a following round) gets the averaged model
+        model.load_state_dict(average.shadow, strict=False)
     return FitResult(epoch, step, best, wall_before + time.time() - start, stopped)
