@@ -23,8 +23,7 @@ _CHILD = torch.from_numpy(sk.LIMB_CHILD_WEIGHTS)
 _LIMB_PART = torch.from_numpy(sk.LIMB_PART)  # (L,)
 _J2P = [(sk.JOINT_INDEX[j], sk.PART_INDEX[p]) for j, p in sk.JOINT_PART_PAIRS]
 
-# Bones for length consistency: the ten limbs plus shoulder and hip width.
-BONE_NAMES: tuple[str, ...] = (*sk.LIMB_NAMES, "shoulders", "hips")
+BONE_NAMES = sk.BONE_NAMES  # bones for length consistency: the ten limbs plus shoulder and hip width
 _BONE_A = torch.cat([_PARENT, torch.from_numpy(np.stack([sk.point_weights("left_shoulder"),
                                                           sk.point_weights("left_hip")]))])
 _BONE_B = torch.cat([_CHILD, torch.from_numpy(np.stack([sk.point_weights("right_shoulder"),

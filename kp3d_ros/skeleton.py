@@ -92,6 +92,8 @@ LIMBS: tuple[tuple[str, str, str, str], ...] = (
 )
 NUM_LIMBS = len(LIMBS)
 LIMB_NAMES: tuple[str, ...] = tuple(limb[0] for limb in LIMBS)
+# Bones (for lengths): the ten limbs plus shoulder width (left -> right shoulder) and hip width.
+BONE_NAMES: tuple[str, ...] = (*LIMB_NAMES, "shoulders", "hips")
 LIMB_PART: np.ndarray = np.array([PART_INDEX[limb[3]] for limb in LIMBS], dtype=np.int64)
 
 # Joint-to-part pairs for the joint-to-part loss (head_center with head is the documented one).

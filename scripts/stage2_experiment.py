@@ -10,6 +10,8 @@
   bias:  MPJPE, mean error vector in the crop frame and MPJPE without each person's offset
          [--per-joint: per joint].
   shift: L_sym and L_p2l at the true joints moved towards / away from the sensor.
+  calibrate: bone calibration (stage2.calibrate_bones) of checkpoints on unlabelled sequences, written
+         to --out-dir, and MPJPE before / after on labelled test sets.
 Also adapt-bench (latency with the adapter running), alignment and bandwidth (loss diagnostics).
 Run: .venv/bin/python scripts/stage2_experiment.py COMMAND --help
 """
@@ -330,6 +332,52 @@ def cmd_bias(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Calibrate each checkpoint's bone lengths on the crops of unlabelled sequences (their points only),
+    save it to --out-dir, and score it before and after on each --test set."""
+    import torch
+
+    from kp3d_ros.model.checkpoint import load_model, save_checkpoint
+    from kp3d_ros.synth.sequence import SequenceDataset
+    from kp3d_ros.train.stage2 import calibrate_bones
+
+    torch.set_num_threads(1)
+    data = SequenceDataset(args.data)
+    crops = [f.points for i in range(len(data)) for f in data[i][:-1] if len(f.points) >= 10]
+    tests = {root: {} for root in args.test}
+    for ckpt in args.checkpoints:
+        model, meta = load_model(ckpt)
+        n = int(meta["num_points"])
+        cfg = {"loss": {}, "source": {"data": args.source}, "num_points": n, "seed": 0,
+               "calibrate_max_factor": args.max_factor}
+        before = [_mpjpe(model, tests[root], root, n) for root in args.test]
+        try:
+            factors = calibrate_bones(model, cfg, crops, log=lambda _: None)
+        except ValueError as exc:  # implausible predictions: refused, the next checkpoint goes on
+            print(json.dumps({"checkpoint": ckpt, "error": str(exc)}))
+            continue
+        after = [_mpjpe(model, tests[root], root, n) for root in args.test]
+        out = Path(args.out_dir) / f"{Path(ckpt).parent.name}_{Path(ckpt).stem}.pt"
+        save_checkpoint(out, model, dict(meta) | {"bone_calibration": factors, "calibrated_from": str(ckpt),
+                                                  "calibrated_on": str(args.data)})
+        print(json.dumps({"checkpoint": ckpt, "out": str(out), "factors": factors,
+                          "mpjpe_cm_before": dict(zip(args.test, before, strict=True)),
+                          "mpjpe_cm_after": dict(zip(args.test, after, strict=True))}))
+    return 0
+
+
+def _mpjpe(model, cache: dict, root: str, num_points: int) -> float:
+    import numpy as np
+    import torch
+
+    if num_points not in cache:
+        cache[num_points] = _crop_frame_truth(root, num_points)
+    points, truth, _ = cache[num_points]
+    with torch.no_grad():
+        pred = np.concatenate([model(torch.from_numpy(points[s:s + 64]))[0].numpy() for s in range(0, len(points), 64)])
+    return round(float(np.linalg.norm(pred - truth, axis=-1).mean() * 100), 2)
+
+
 def cmd_shift(args: argparse.Namespace) -> int:
     """L_sym and L_p2l at the true joints moved along the crop frame's x (towards -x: the sensor), with
     true (one-hot) parts and with the model's parts."""
@@ -406,8 +454,16 @@ def main() -> int:
     g.add_argument("--checkpoint", default="models/kp3d_stage1.pt")
     g.add_argument("--data", default="data/stage2/target_test")
     g.add_argument("--sequences", type=int, default=40)
+    ca = sub.add_parser("calibrate")
+    ca.add_argument("--data", default="data/stage2_dense_winter/target_train_big", help="unlabelled sequences")
+    ca.add_argument("--source", default="data/stage1", help="labelled `kp3d synth` root: the population")
+    ca.add_argument("--test", nargs="+", default=["data/stage2_dense_winter/target_test"])
+    ca.add_argument("--out-dir", default="runs/calibrated")
+    ca.add_argument("--max-factor", type=float, default=1.0, help="calibrate_max_factor (1: only shorten)")
+    ca.add_argument("checkpoints", nargs="+")
     args = parser.parse_args()
-    commands = {"data": cmd_data, "eval": cmd_eval, "bandwidth": cmd_bandwidth, "adapt-bench": cmd_adapt_bench,
+    commands = {"calibrate": cmd_calibrate,
+                "data": cmd_data, "eval": cmd_eval, "bandwidth": cmd_bandwidth, "adapt-bench": cmd_adapt_bench,
                 "adapt-accuracy": cmd_adapt_accuracy, "alignment": cmd_alignment, "bias": cmd_bias, "shift": cmd_shift}
     return commands[args.cmd](args)
 

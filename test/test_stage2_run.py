@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from kp3d_ros import losses
 from kp3d_ros.model.checkpoint import load_payload
 from kp3d_ros.synth.person import DomainConfig
 from kp3d_ros.synth.sequence import SequenceDataset, write_sequences
@@ -62,3 +63,36 @@ def test_rounds_must_be_positive_and_cannot_resume(sequences: Path, tmp_path: Pa
         stage2.run(cfg | {"rounds": 0}, log=lambda _: None)
     with pytest.raises(ValueError, match="resume"):
         stage2.run(cfg | {"rounds": 2}, resume=True, log=lambda _: None)
+
+
+def test_calibrate_bones_matches_the_population_and_keeps_the_uncalibrated_model(sequences: Path, tmp_path: Path):
+    from kp3d_ros.model.checkpoint import load_model
+
+    population = [round(0.9 * v, 4) for v in losses.REFERENCE_BONE_LENGTHS.tolist()]
+    cfg = stage2.load_config(None)
+    cfg |= {"init": str(MODEL), "data": str(sequences), "out": str(tmp_path / "run"), "val_sequences": 2,
+            "calibrate_bones": True, "calibrate_max_factor": 1.3}
+    cfg["train"] |= {"epochs": 1, "steps_per_epoch": 2, "batch_size": 4, "max_minutes": 0, "warmup_steps": 0}
+    cfg["loss"] |= {"bone_prior_lengths": population}
+    report = stage2.run(cfg, log=lambda _: None)
+    final = load_payload(tmp_path / "run" / "last.pt")
+    assert "optimizer" in final and final["meta"]["bone_calibration"] == report["bone_calibration"]
+    torch.testing.assert_close(final["state_dict"]["calibration.scale"],
+                               torch.tensor(report["bone_calibration"]), atol=1e-4, rtol=0)
+    uncalibrated, _ = load_model(tmp_path / "run" / "uncalibrated.pt")
+    assert torch.all(uncalibrated.calibration.scale == 1)
+    # on the crops it was measured on, the calibrated model's mean bone lengths are the population's
+    model, _ = load_model(tmp_path / "run" / "last.pt")
+    tracks = stage2.load_sequence_pairs(sequences, cfg, log=lambda _: None)
+    tracks = tracks[min(cfg["val_sequences"], len(tracks) // 4):]  # the training tracks, as run() splits them
+    crops = [pair.src for pairs in tracks for pair in pairs]
+    lengths = stage2.predicted_bone_lengths(model, crops, cfg["num_points"], seed=cfg["seed"])
+    np.testing.assert_allclose(lengths.numpy(), population, rtol=1e-4)
+    # a calibrated model as init trains without its factors, and they are measured again
+    again = cfg | {"init": str(tmp_path / "run" / "last.pt"), "out": str(tmp_path / "again")}
+    again["train"] = cfg["train"] | {"epochs": 0}
+    lines: list[str] = []
+    stage2.run(again, log=lines.append)
+    assert any("trains without them" in x for x in lines)
+    recalibrated = load_payload(tmp_path / "again" / "last.pt")["meta"]["bone_calibration"]
+    np.testing.assert_allclose(recalibrated, report["bone_calibration"], rtol=1e-3)

@@ -28,6 +28,7 @@ def test_anchored_stage2_config_is_the_measured_recipe() -> None:
     assert set(weights.sym_limbs) == set(sk.LIMB_NAMES) - {"left_forearm", "right_forearm"}
     assert cfg["source"]["weight"] == 1.0 and cfg["source"]["data"]
     assert cfg["train"]["epochs"] * cfg["train"]["steps_per_epoch"] == 1200 and cfg["rounds"] == 2
+    assert cfg["calibrate_bones"] and cfg["calibrate_max_factor"] == 1.0 and cfg["train"]["ema_decay"] == 0.0
 
 
 def test_stage1_config_loads() -> None:

@@ -5,7 +5,8 @@ blocks over all N points (global context, no kNN), then two per-point heads:
 - segmentation: logits over the 15 classes (B, N, 15);
 - keypoints: for each joint j, every point i gives a score s_ij and an offset o_ij; the joint is the
   softmax(s_.j)-weighted mean of (p_i + o_ij). Regression by voting: the estimate moves with the
-  input, and the offsets reach joints inside the body.
+  input, and the offsets reach joints inside the body. Then the bone-length calibration
+  (model.calibration; the identity unless Stage II set it).
 Only matmul/softmax/layernorm/GELU/reshape: exports to ONNX and TensorRT without custom ops.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from kp3d_ros.model.calibration import BoneCalibration
 from kp3d_ros.skeleton import NUM_CLASSES, NUM_JOINTS
 
 
@@ -131,6 +133,7 @@ class KeypointNet(nn.Module):
         # Global context for the per-point heads: max-pooled features appended to each point.
         self.seg_head = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, config.num_classes))
         self.vote_head = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, 4 * J))
+        self.calibration = BoneCalibration()  # bone-length factors, all 1 unless Stage II calibrated them
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, N, _ = points.shape
@@ -151,7 +154,7 @@ class KeypointNet(nn.Module):
         weights = torch.softmax(votes[..., 0], dim=1)  # (B, N, J), over points
         targets = points.unsqueeze(2) + votes[..., 1:]  # (B, N, J, 3)
         keypoints = (weights.unsqueeze(-1) * targets).sum(dim=1)
-        return keypoints, logits
+        return self.calibration(keypoints), logits
 
 
 def build_model(config: dict | NetworkConfig | None = None) -> KeypointNet:

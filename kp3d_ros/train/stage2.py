@@ -28,8 +28,10 @@ import yaml
 
 from kp3d_ros import losses
 from kp3d_ros.core.flow import FlowEstimator
-from kp3d_ros.model.checkpoint import load_model
-from kp3d_ros.model.preprocess import prepare_batch, restore_keypoints
+from kp3d_ros.model.calibration import matched_scale
+from kp3d_ros.model.checkpoint import load_model, load_payload, save_checkpoint
+from kp3d_ros.model.preprocess import SCALE, prepare_batch, restore_keypoints
+from kp3d_ros.skeleton import BONE_NAMES
 from kp3d_ros.train import stage1
 from kp3d_ros.train.config import load_config as load_yaml_config
 from kp3d_ros.train.config import merge
@@ -52,8 +54,13 @@ DEFAULTS: dict = {
     "seg_target": "confident",  # confident | nearest_limb | none
     "confidence": 0.9,
     "train": {"epochs": 4, "steps_per_epoch": 50, "batch_size": 16, "pairs_per_track": 2, "lr": 1.0e-4,
-              "weight_decay": 0.0, "warmup_steps": 10, "max_minutes": 15.0, "grad_clip": 1.0},
+              "weight_decay": 0.0, "warmup_steps": 10, "max_minutes": 15.0, "grad_clip": 1.0,
+              "ema_decay": 0.0},  # > 0: each round saves and hands on a moving average of its weights
     "rounds": 1,  # rounds of Stage II, each from the previous round's model and with its pseudo-labels
+    # After the last round, scale each bone so that the mean bone lengths on DATA match the labelled source
+    # population's (model.calibration; the population from loss.bone_prior_lengths or source.data).
+    "calibrate_bones": False,
+    "calibrate_max_factor": 1.0,  # 1: calibration only shortens bones (model.calibration.matched_scale)
     "eval": {"data": "", "max_sequences": 0},  # labelled sequences for the MPJPE report
     # Labelled synthetic (source) batches mixed into every step with this weight x the Stage I loss, which
     # anchors the network while the unsupervised losses adapt it; 0 or no data: off.
@@ -255,6 +262,55 @@ def fill_population_priors(cfg: dict, log=print) -> None:
         log(f"population prior from {cfg['source']['data']}: {key} = {measured[key]}")
 
 
+def predicted_bone_lengths(model: torch.nn.Module, crops: list[np.ndarray], num_points: int,
+                           max_crops: int = 4096, seed: int = 0) -> torch.Tensor:
+    """Mean length (m) of each skeleton.BONE_NAMES bone in the model's predictions on (at most max_crops
+    of) the crops (M, 3)."""
+    rng = np.random.default_rng(seed)
+    if len(crops) > max_crops:
+        crops = [crops[i] for i in rng.choice(len(crops), max_crops, replace=False)]
+    total = torch.zeros(len(BONE_NAMES), dtype=torch.float64)
+    with torch.no_grad():
+        for s in range(0, len(crops), 64):
+            points = torch.from_numpy(prepare_batch(crops[s:s + 64], num_points, rng).points)
+            total += losses.bone_lengths(model(points)[0].double()).sum(0) * SCALE
+    return total / len(crops)
+
+
+def calibrate_bones(model: torch.nn.Module, cfg: dict, crops: list[np.ndarray], log=print) -> list[float]:
+    """Set model.calibration's factors so that its mean bone lengths on the unlabelled `crops` match the
+    population's (loss.bone_prior_lengths, or measured on source.data)."""
+    population = cfg["loss"].get("bone_prior_lengths") or []
+    if not population:
+        if not cfg["source"]["data"]:
+            raise ValueError("calibrate_bones needs loss.bone_prior_lengths or source.data to measure them on")
+        population = population_priors(Path(cfg["source"]["data"]))["bone_prior_lengths"]
+    if not crops:
+        raise ValueError("calibrate_bones: no crops to measure the predicted bone lengths on")
+    model.eval()
+    predicted = predicted_bone_lengths(model, crops, int(cfg["num_points"]), seed=int(cfg["seed"]))
+    calibration = model.calibration
+    factors = matched_scale(calibration.scale.double(), predicted, torch.tensor(population, dtype=torch.float64),
+                            max_factor=float(cfg.get("calibrate_max_factor", 1.0)))
+    calibration.scale.copy_(factors.to(calibration.scale.dtype))
+    log(f"{datetime.now():%H:%M:%S} bone calibration on {len(crops)} crops: " + ", ".join(
+        f"{name} {f:.3f}" for name, f in zip(BONE_NAMES, factors.tolist(), strict=True)))
+    return [round(float(f), 4) for f in factors]
+
+
+def _save_calibrated(model: torch.nn.Module, out: Path, factors: list[float]) -> None:
+    """Write the calibrated factors into OUT/last.pt (its other entries, e.g. optimizer state, kept)."""
+    last = out / "last.pt"
+    payload = load_payload(last)
+    for key in ("state_dict", "trained_state_dict"):
+        if key in payload:
+            payload[key]["calibration.scale"] = model.calibration.scale.detach().clone()
+    payload["meta"]["bone_calibration"] = factors
+    tmp = last.with_suffix(".pt.tmp")
+    torch.save(payload, tmp)
+    tmp.replace(last)
+
+
 class Stage2Objective:
     """Forward pass on both frames, pseudo-labels and the weighted Stage II loss."""
 
@@ -343,6 +399,11 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
         raise ValueError("--resume continues a single round; with rounds > 1 start the last round from its init")
     model, meta = load_model(cfg["init"])
     cfg.setdefault("num_points", int(meta["num_points"]))
+    if not torch.all(model.calibration.scale == 1):
+        # Training sees the network's own skeleton (the labelled source batches must not be rescaled to the
+        # target's factors); calibrate_bones measures the factors again after the last round.
+        log(f"{cfg['init']} has bone calibration factors; Stage II trains without them")
+        model.calibration.scale.fill_(1.0)
     data = [str(d) for d in (cfg["data"] if isinstance(cfg["data"], list) else [cfg["data"]])]
     if all(Path(d).is_dir() for d in data) and len(data) == 1 and (Path(data[0]) / "meta.json").exists():
         tracks = load_sequence_pairs(data[0], cfg, log)
@@ -368,9 +429,18 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
             log(f"{datetime.now():%H:%M:%S} round {k} of {rounds} -> {out}")
         report["result"] = _train_round(model, cfg, train_tracks, val_prepared, source_loss, out,
                                         run_meta | {"round": k}, resume, log)
+    if cfg["calibrate_bones"]:
+        out = Path(cfg["out"])
+        if report["result"].steps_done == 0:  # calibration only (train.epochs 0)
+            save_checkpoint(out / "last.pt", model, run_meta)
+        save_checkpoint(out / "uncalibrated.pt", model, run_meta)
+        crops = [pair.src for pairs in train_tracks for pair in pairs]
+        report["bone_calibration"] = calibrate_bones(model, cfg, crops, log)
+        _save_calibrated(model, out, report["bone_calibration"])
     if cfg["eval"]["data"]:
-        for name in ("init", "last"):
-            path = cfg["init"] if name == "init" else Path(cfg["out"]) / "last.pt"
+        names = ("init", "uncalibrated", "last") if cfg["calibrate_bones"] else ("init", "last")
+        for name in names:
+            path = cfg["init"] if name == "init" else Path(cfg["out"]) / f"{name}.pt"
             report[name] = evaluate_sequences(path, cfg["eval"]["data"], int(cfg["eval"]["max_sequences"]),
                                               keep_ground=bool(cfg["keep_ground"]))
             log(f"target test, {name}: {report[name]}")
@@ -414,7 +484,8 @@ def _train_round(model: torch.nn.Module, cfg: dict, train_tracks: list, val_prep
     budget = 60 * tcfg["max_minutes"] if tcfg.get("max_minutes") else None
     fit_cfg = FitConfig(epochs=tcfg["epochs"], steps_per_epoch=tcfg["steps_per_epoch"], lr=tcfg["lr"],
                         warmup_steps=tcfg["warmup_steps"], out_dir=str(out), monitor="val_loss",
-                        time_budget_s=budget, grad_clip=tcfg["grad_clip"], resume=resume)
+                        time_budget_s=budget, grad_clip=tcfg["grad_clip"], resume=resume,
+                        ema_decay=float(tcfg["ema_decay"]))
     result = fit(model, optimizer, fit_cfg, lambda e: pair_batches(train_tracks, cfg, e), step, validate,
                  run_meta, log)
     log(f"{datetime.now():%H:%M:%S} done: {result}")
