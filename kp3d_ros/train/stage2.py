@@ -262,8 +262,11 @@ def fill_population_priors(cfg: dict, log=print) -> None:
         log(f"population prior from {cfg['source']['data']}: {key} = {measured[key]}")
 
 
+CALIBRATION_CROPS = 4096  # at most this many crops (a random subset) measure the predicted bone lengths
+
+
 def predicted_bone_lengths(model: torch.nn.Module, crops: list[np.ndarray], num_points: int,
-                           max_crops: int = 4096, seed: int = 0) -> torch.Tensor:
+                           max_crops: int = CALIBRATION_CROPS, seed: int = 0) -> torch.Tensor:
     """Mean length (m) of each skeleton.BONE_NAMES bone in the model's predictions on (at most max_crops
     of) the crops (M, 3)."""
     rng = np.random.default_rng(seed)
@@ -293,7 +296,8 @@ def calibrate_bones(model: torch.nn.Module, cfg: dict, crops: list[np.ndarray], 
     factors = matched_scale(calibration.scale.double(), predicted, torch.tensor(population, dtype=torch.float64),
                             max_factor=float(cfg.get("calibrate_max_factor", 1.0)))
     calibration.scale.copy_(factors.to(calibration.scale.dtype))
-    log(f"{datetime.now():%H:%M:%S} bone calibration on {len(crops)} crops: " + ", ".join(
+    used = min(len(crops), CALIBRATION_CROPS)
+    log(f"{datetime.now():%H:%M:%S} bone calibration on {used} of {len(crops)} crops: " + ", ".join(
         f"{name} {f:.3f}" for name, f in zip(BONE_NAMES, factors.tolist(), strict=True)))
     return [round(float(f), 4) for f in factors]
 
