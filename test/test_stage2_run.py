@@ -88,6 +88,14 @@ def test_calibrate_bones_matches_the_population_and_keeps_the_uncalibrated_model
     crops = [pair.src for pairs in tracks for pair in pairs]
     lengths = stage2.predicted_bone_lengths(model, crops, cfg["num_points"], seed=cfg["seed"])
     np.testing.assert_allclose(lengths.numpy(), population, rtol=1e-4)
+    # --resume trains on from the uncalibrated weights, and the factors are measured again
+    resumed: list[str] = []
+    cfg["train"] = cfg["train"] | {"epochs": 2}
+    report = stage2.run(cfg, resume=True, log=resumed.append)
+    assert report["result"].steps_done == 4
+    assert any("resuming from its uncalibrated weights" in x for x in resumed)
+    assert load_payload(tmp_path / "run" / "last.pt")["meta"]["bone_calibration"] == report["bone_calibration"]
+    cfg["train"] = cfg["train"] | {"epochs": 1}
     # a calibrated model as init trains without its factors, and they are measured again
     again = cfg | {"init": str(tmp_path / "run" / "last.pt"), "out": str(tmp_path / "again")}
     again["train"] = cfg["train"] | {"epochs": 0}

@@ -302,17 +302,28 @@ def calibrate_bones(model: torch.nn.Module, cfg: dict, crops: list[np.ndarray], 
     return [round(float(f), 4) for f in factors]
 
 
-def _save_calibrated(model: torch.nn.Module, out: Path, factors: list[float]) -> None:
-    """Write the calibrated factors into OUT/last.pt (its other entries, e.g. optimizer state, kept)."""
-    last = out / "last.pt"
-    payload = load_payload(last)
+def _set_checkpoint_factors(path: Path, scale: torch.Tensor, factors: list[float] | None) -> None:
+    """Write calibration factors into a checkpoint's weights (its other entries, e.g. optimizer state, kept)."""
+    payload = load_payload(path)
     for key in ("state_dict", "trained_state_dict"):
         if key in payload:
-            payload[key]["calibration.scale"] = model.calibration.scale.detach().clone()
+            payload[key]["calibration.scale"] = scale.detach().clone()
     payload["meta"]["bone_calibration"] = factors
-    tmp = last.with_suffix(".pt.tmp")
+    if factors is None:
+        del payload["meta"]["bone_calibration"]
+    tmp = path.with_suffix(".pt.tmp")
     torch.save(payload, tmp)
-    tmp.replace(last)
+    tmp.replace(path)
+
+
+def _uncalibrate_for_resume(out: Path, log) -> None:
+    """--resume trains on from OUT/last.pt without its calibration factors, as a run does from its init."""
+    last = out / "last.pt"
+    if last.is_file():
+        scale = load_payload(last)["state_dict"].get("calibration.scale")
+        if scale is not None and not torch.all(scale == 1):
+            log(f"{last} is calibrated; resuming from its uncalibrated weights (the factors are measured again)")
+            _set_checkpoint_factors(last, torch.ones_like(scale), None)
 
 
 class Stage2Objective:
@@ -426,6 +437,8 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
     run_meta = dict(meta) | {"stage": "stage2", "init": str(cfg["init"]), "data": data, "loss": cfg["loss"],
                              "seg_target": cfg["seg_target"], "flow": cfg["flow"]["method"], "rounds": rounds}
     report: dict = {"out": cfg["out"]}
+    if resume:
+        _uncalibrate_for_resume(Path(cfg["out"]), log)
     for k in range(1, rounds + 1):
         # Each round starts from the previous one's model, which also gives the pseudo-labels.
         out = Path(cfg["out"]) if k == rounds else Path(cfg["out"]) / f"round{k}"
@@ -440,7 +453,7 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
         save_checkpoint(out / "uncalibrated.pt", model, run_meta)
         crops = [pair.src for pairs in train_tracks for pair in pairs]
         report["bone_calibration"] = calibrate_bones(model, cfg, crops, log)
-        _save_calibrated(model, out, report["bone_calibration"])
+        _set_checkpoint_factors(out / "last.pt", model.calibration.scale, report["bone_calibration"])
     if cfg["eval"]["data"]:
         names = ("init", "uncalibrated", "last") if cfg["calibrate_bones"] else ("init", "last")
         for name in names:
