@@ -310,9 +310,7 @@ def cmd_bias(args: argparse.Namespace) -> int:
         if n not in crops:
             crops[n] = _crop_frame_truth(args.data, n)
         points, truth, _ = crops[n]
-        with torch.no_grad():
-            pred = np.concatenate([model(torch.from_numpy(points[s:s + 64]))[0].numpy()
-                                   for s in range(0, len(points), 64)])
+        pred = _predict(model, points)
         err = pred - truth
         centred = err - err.mean(1, keepdims=True)
         print(json.dumps({"checkpoint": ckpt, "people": len(err),
@@ -366,16 +364,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mpjpe(model, cache: dict, root: str, num_points: int) -> float:
+def _predict(model, points):
+    """The model's keypoints (B, J, 3) for crop-frame points (B, N, 3), in batches of 64."""
     import numpy as np
     import torch
+
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(points[s:s + 64]))[0].numpy() for s in range(0, len(points), 64)])
+
+
+def _mpjpe(model, cache: dict, root: str, num_points: int) -> float:
+    import numpy as np
 
     if num_points not in cache:
         cache[num_points] = _crop_frame_truth(root, num_points)
     points, truth, _ = cache[num_points]
-    with torch.no_grad():
-        pred = np.concatenate([model(torch.from_numpy(points[s:s + 64]))[0].numpy() for s in range(0, len(points), 64)])
-    return round(float(np.linalg.norm(pred - truth, axis=-1).mean() * 100), 2)
+    return round(float(np.linalg.norm(_predict(model, points) - truth, axis=-1).mean() * 100), 2)
 
 
 def cmd_shift(args: argparse.Namespace) -> int:

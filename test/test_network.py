@@ -149,7 +149,9 @@ def _toy_dataset(count: int, seed: int = 0) -> list[dict]:
     return data
 
 
-def test_fit_logs_checkpoints_and_resumes(tmp_path):
+def _toy_fit(tmp_path, lr: float, warmup_steps: int, **options):
+    """A small model on toy data and `run(epochs, resume)`, which fits it into tmp_path with FitConfig
+    `options`."""
     from kp3d_ros.train import stage1
     from kp3d_ros.train.loop import FitConfig, fit
 
@@ -157,7 +159,7 @@ def test_fit_logs_checkpoints_and_resumes(tmp_path):
     data = _toy_dataset(24)
     cfg = stage1.merge(stage1.DEFAULTS, {"num_points": 32, "train": {"steps_per_epoch": 3, "batch_size": 8}})
     model = build_model(SMALL)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     val = stage1.fixed_batches(data, 32, 16, 8)
     augmenter = stage1.make_augmenter({})
 
@@ -167,11 +169,16 @@ def test_fit_logs_checkpoints_and_resumes(tmp_path):
         return {"loss": out["loss"].item()}
 
     def run(epochs: int, resume: bool):
-        config = FitConfig(epochs=epochs, steps_per_epoch=3, lr=1e-3, warmup_steps=2, out_dir=str(tmp_path),
-                           monitor="val_mpjpe_cm", resume=resume)
+        config = FitConfig(epochs=epochs, steps_per_epoch=3, lr=lr, warmup_steps=warmup_steps, out_dir=str(tmp_path),
+                           monitor="val_mpjpe_cm", resume=resume, **options)
         return fit(model, optimizer, config, lambda e: stage1.training_batches(data, cfg, e, augmenter), step,
                    lambda: stage1.validation(model, val, 0.5, 1.0), {"num_points": 32}, log=lambda _: None)
 
+    return model, run
+
+
+def test_fit_logs_checkpoints_and_resumes(tmp_path):
+    _, run = _toy_fit(tmp_path, lr=1e-3, warmup_steps=2)
     first = run(2, resume=False)
     assert (first.epochs_done, first.steps_done) == (2, 6)
     assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
@@ -204,28 +211,8 @@ def test_weight_average_ramps_up_and_swaps_back():
 
 def test_fit_with_weight_average_saves_the_average_and_resumes_the_trained_weights(tmp_path):
     from kp3d_ros.model.checkpoint import load_payload
-    from kp3d_ros.train import stage1
-    from kp3d_ros.train.loop import FitConfig, fit
 
-    torch.manual_seed(0)
-    data = _toy_dataset(24)
-    cfg = stage1.merge(stage1.DEFAULTS, {"num_points": 32, "train": {"steps_per_epoch": 3, "batch_size": 8}})
-    model = build_model(SMALL)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    val = stage1.fixed_batches(data, 32, 16, 8)
-    augmenter = stage1.make_augmenter({})
-
-    def step(batch):
-        out = stage1.stage1_losses(model, *batch, 0.5, 1.0)
-        out["loss"].backward()
-        return {"loss": out["loss"].item()}
-
-    def run(epochs: int, resume: bool):
-        config = FitConfig(epochs=epochs, steps_per_epoch=3, lr=1e-2, warmup_steps=0, out_dir=str(tmp_path),
-                           monitor="val_mpjpe_cm", resume=resume, ema_decay=0.9)
-        return fit(model, optimizer, config, lambda e: stage1.training_batches(data, cfg, e, augmenter), step,
-                   lambda: stage1.validation(model, val, 0.5, 1.0), {"num_points": 32}, log=lambda _: None)
-
+    model, run = _toy_fit(tmp_path, lr=1e-2, warmup_steps=0, ema_decay=0.9)
     run(2, resume=False)
     payload = load_payload(tmp_path / "last.pt")
     assert payload["ema_updates"] == 6

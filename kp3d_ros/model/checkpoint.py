@@ -38,6 +38,11 @@ def save_checkpoint(path: str | Path, model: KeypointNet, meta: dict | None = No
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
+    write_payload(path, payload)
+
+
+def write_payload(path: str | Path, payload: dict) -> None:
+    """Write a checkpoint payload atomically (a temporary file, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -29,7 +29,7 @@ import yaml
 from kp3d_ros import losses
 from kp3d_ros.core.flow import FlowEstimator
 from kp3d_ros.model.calibration import matched_scale
-from kp3d_ros.model.checkpoint import load_model, load_payload, save_checkpoint
+from kp3d_ros.model.checkpoint import load_model, load_payload, save_checkpoint, write_payload
 from kp3d_ros.model.preprocess import SCALE, prepare_batch, restore_keypoints
 from kp3d_ros.skeleton import BONE_NAMES
 from kp3d_ros.train import stage1
@@ -246,12 +246,13 @@ def population_priors(root: Path, max_shards: int = 16) -> dict[str, list[float]
             "ground_prior_height": round(float(height), 4)}
 
 
-def fill_population_priors(cfg: dict, log=print) -> None:
-    """Measure the entries that loss.bone_prior / loss.ground_prior need, where the config leaves them
-    empty, on the labelled source data (source.data)."""
+def fill_population_priors(cfg: dict, log=print, needed: tuple[str, ...] = ()) -> None:
+    """Measure the entries that loss.bone_prior / loss.ground_prior need (and the `needed` ones), where the
+    config leaves them empty, on the labelled source data (source.data)."""
     loss = cfg["loss"]
-    missing = [key for weight, key in (("bone_prior", "bone_prior_lengths"), ("ground_prior", "ground_prior_height"))
-               if loss.get(weight) and not loss.get(key)]
+    wanted = [key for weight, key in (("bone_prior", "bone_prior_lengths"), ("ground_prior", "ground_prior_height"))
+              if loss.get(weight)] + list(needed)
+    missing = [key for key in dict.fromkeys(wanted) if not loss.get(key)]
     if not missing:
         return
     if not cfg["source"]["data"]:
@@ -283,11 +284,8 @@ def predicted_bone_lengths(model: torch.nn.Module, crops: list[np.ndarray], num_
 def calibrate_bones(model: torch.nn.Module, cfg: dict, crops: list[np.ndarray], log=print) -> list[float]:
     """Set model.calibration's factors so that its mean bone lengths on the unlabelled `crops` match the
     population's (loss.bone_prior_lengths, or measured on source.data)."""
-    population = cfg["loss"].get("bone_prior_lengths") or []
-    if not population:
-        if not cfg["source"]["data"]:
-            raise ValueError("calibrate_bones needs loss.bone_prior_lengths or source.data to measure them on")
-        population = population_priors(Path(cfg["source"]["data"]))["bone_prior_lengths"]
+    fill_population_priors(cfg, log, needed=("bone_prior_lengths",))
+    population = cfg["loss"]["bone_prior_lengths"]
     if not crops:
         raise ValueError("calibrate_bones: no crops to measure the predicted bone lengths on")
     model.eval()
@@ -308,12 +306,11 @@ def _set_checkpoint_factors(path: Path, scale: torch.Tensor, factors: list[float
     for key in ("state_dict", "trained_state_dict"):
         if key in payload:
             payload[key]["calibration.scale"] = scale.detach().clone()
-    payload["meta"]["bone_calibration"] = factors
     if factors is None:
-        del payload["meta"]["bone_calibration"]
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+        payload["meta"].pop("bone_calibration", None)
+    else:
+        payload["meta"]["bone_calibration"] = factors
+    write_payload(path, payload)
 
 
 def _uncalibrate_for_resume(out: Path, log) -> None:
