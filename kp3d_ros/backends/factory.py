@@ -48,9 +48,12 @@ def _onnx_path(model_path: str | Path | None) -> tuple[Path, Path]:
 def create_backend(name: str = "auto", model_path: str | Path | None = None,
                    max_batch: int = _DEFAULTS["network.max_people"], threads: int = _DEFAULTS["network.threads"],
                    fp16: bool = _DEFAULTS["network.fp16"], engine_cache_dir: str | Path | None = None,
-                   logger: logging.Logger | None = None) -> tuple[Backend, str]:
-    """(backend, reason). 'auto' takes TensorRT when it imports and a CUDA GPU exists, else ONNX Runtime;
-    the reason says which was chosen and why, for the log. Unknown names raise ValueError.
+                   logger: logging.Logger | None = None, cuda_device: int | None = None) -> tuple[Backend, str]:
+    """(backend, reason). 'auto' takes TensorRT when TensorRT 10+ imports and the CUDA device exists, else
+    ONNX Runtime; any failure while TensorRT starts (a missing or broken install, an old version, a failed
+    build, a refused FP16 engine, whatever the exception) falls back to ONNX Runtime, and the reason says
+    which was chosen and why, for the log. 'tensorrt' raises instead. Unknown names raise ValueError.
+    cuda_device: the CUDA device index for TensorRT (None: torch's current device).
     The defaults are the node's (network.max_people, network.threads, network.fp16)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
@@ -58,15 +61,16 @@ def create_backend(name: str = "auto", model_path: str | Path | None = None,
     if name in ("auto", "tensorrt"):
         from kp3d_ros.backends.tensorrt_backend import TensorRTBackend, TensorRTError, tensorrt_status
 
-        ok, status = tensorrt_status()
+        ok, status = tensorrt_status(cuda_device)
         if ok:
             try:
-                backend = TensorRTBackend(onnx_path, max_batch, fp16, engine_cache_dir, logger)
-                return backend, f"TensorRT ({status}, {'fp16' if fp16 else 'fp32'}, engine {backend.engine_path})"
-            except (TensorRTError, RuntimeError) as exc:
+                backend = TensorRTBackend(onnx_path, max_batch, fp16, engine_cache_dir, logger, device=cuda_device)
+                return backend, (f"TensorRT ({status}, {'fp16' if fp16 else 'fp32'}, engine {backend.engine_path}, "
+                                 f"{backend.engine_source})")
+            except Exception as exc:  # auto never crashes on TensorRT: AttributeError, TypeError, OSError, ...
                 if name == "tensorrt":
                     raise
-                status = f"TensorRT failed: {exc}"
+                status = f"TensorRT failed: {type(exc).__name__}: {exc}"
         elif name == "tensorrt":
             raise TensorRTError(f"TensorRT backend requested but unavailable: {status}")
         from kp3d_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -106,4 +110,4 @@ def build_engine_only(params: dict, logger: logging.Logger | None = None) -> str
     backend = TensorRTBackend(onnx_path, params["network.max_people"], params["network.fp16"],
                               params["network.engine_cache_dir"] or None, logger)
     return (f"network.build_only: TensorRT engine ready at {backend.engine_path} ({status}, "
-            f"{'fp16' if backend.fp16 else 'fp32'}, batch 1..{backend.max_batch})")
+            f"{'fp16' if backend.fp16 else 'fp32'}, batch 1..{backend.max_batch}, {backend.engine_source})")
