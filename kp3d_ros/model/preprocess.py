@@ -121,14 +121,29 @@ def restore_keypoints(keypoints: np.ndarray, batch: PreparedBatch) -> np.ndarray
     return (rotated + batch.centres[:, None, :]).astype(np.float32)
 
 
-def _nearest(queries: np.ndarray, refs: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Index of the nearest ref (N, 3) for each query (Q, 3), by blocks of squared distances."""
+def nearest_index(queries: np.ndarray, refs: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """Index of the nearest ref (N, 3) for each query (Q, 3); exact ties go to the lowest index.
+
+    Squared distances from coordinate differences in float32, by blocks of `chunk` queries: no BLAS
+    matrix product (whose thread pool competed with the node's other threads and took ~50 ms for dense
+    crops) and no |r|^2 - 2 q.r cancellation. Cost ~0.2 us per query for N = 128, on the calling thread.
+    """
+    queries = np.asarray(queries, dtype=np.float32)
+    ref_axes = np.ascontiguousarray(np.asarray(refs, dtype=np.float32)[:, :3].T)  # (3, N)
     out = np.empty(len(queries), dtype=np.int64)
-    ref_sq = (refs * refs).sum(1)
-    for s in range(0, len(queries), chunk):
-        q = queries[s : s + chunk]
-        d = ref_sq[None, :] - 2.0 * (q @ refs.T)
-        out[s : s + chunk] = d.argmin(1)
+    if ref_axes.shape[1] == 0:
+        raise ValueError("nearest_index needs at least one reference point")
+    for start in range(0, len(queries), chunk):
+        block = queries[start : start + chunk]
+        dist = np.subtract(block[:, 0:1], ref_axes[0])
+        dist *= dist
+        term = np.subtract(block[:, 1:2], ref_axes[1])
+        term *= term
+        dist += term
+        np.subtract(block[:, 2:3], ref_axes[2], out=term)
+        term *= term
+        dist += term
+        out[start : start + len(block)] = dist.argmin(1)
     return out
 
 
@@ -155,7 +170,7 @@ def point_parts(logits: np.ndarray, indices: np.ndarray, counts: np.ndarray | li
                 raise ValueError("point_parts needs the original crops when a crop has more than N points")
             crop = np.asarray(crops[b])[:, :3].astype(np.float32, copy=False)
             sampled = indices[b]
-            nearest = _nearest(crop[~hit], crop[sampled])
+            nearest = nearest_index(crop[~hit], crop[sampled])
             parts[~hit] = logits[b, nearest].argmax(1).astype(np.uint8)
         out.append(parts)
     return out
