@@ -114,6 +114,36 @@ def test_validate_rejects_bad_values(name, value, match):
         validate(name, value)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), "nan", "inf", True])
+def test_every_list_and_double_parameter_rejects_non_finite_values(bad):
+    """NaN, inf and the strings/bools that float() would accept, in every double and every list element."""
+    numeric = [s for s in params.PARAMETERS if type(s.default) in (float, list)]
+    assert any(isinstance(s.default, list) for s in numeric)
+    for spec in numeric:
+        if isinstance(spec.default, list):
+            for i in range(len(spec.default)):
+                value = list(spec.default)
+                value[i] = bad
+                with pytest.raises(ParameterError, match="finite"):
+                    validate(spec.name, value)
+        else:
+            with pytest.raises(ParameterError, match="finite"):
+                validate(spec.name, bad)
+    # the same at start-up from a YAML file and from `--set` (YAML's .nan / .inf)
+    with pytest.raises(ParameterError, match=r"camera\.extrinsics"):
+        load_params(overrides=params.parse_overrides(["camera.extrinsics=[0, 0, .nan, 0, 0, 0]"]))
+    with pytest.raises(ParameterError, match=r"roi\.z_max"):
+        load_params(overrides=params.parse_overrides(["roi.z_max=.inf"]))
+
+
+def test_non_finite_values_in_a_parameter_file_are_refused(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(f"{NODE_NAME}:\n  ros__parameters:\n    camera:\n"
+                    "      extrinsics: [0.0, .inf, 0.0, 0.0, 0.0, 0.0]\n")
+    with pytest.raises(ParameterError, match="finite"):
+        load_params(path)
+
+
 def test_load_params_overrides_and_cross_checks(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text(f"{NODE_NAME}:\n  ros__parameters:\n    roi:\n      max_range: 30\n    use_sim_time: true\n")

@@ -135,6 +135,11 @@ def defaults() -> dict[str, Any]:
     return {spec.name: spec.default for spec in PARAMETERS}
 
 
+def _finite_number(value: Any) -> bool:
+    """An int or float (not a bool, not a string such as "nan") with a finite value."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
 def validate(name: str, value: Any) -> Any:
     """Return the value converted to the parameter's type, or raise ParameterError saying why."""
     if name not in SPECS:
@@ -148,15 +153,16 @@ def validate(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ParameterError(f"{name} must be an integer, got {value!r}")
     elif kind is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if not _finite_number(value):
             raise ParameterError(f"{name} must be a finite number, got {value!r}")
         value = float(value)
     elif kind is str:
         if not isinstance(value, str):
             raise ParameterError(f"{name} must be a string, got {value!r}")
     elif kind is list:
-        if not isinstance(value, list | tuple) or len(value) != len(spec.default):
-            raise ParameterError(f"{name} must be a list of {len(spec.default)} numbers, got {value!r}")
+        if (not isinstance(value, list | tuple) or len(value) != len(spec.default)
+                or not all(_finite_number(v) for v in value)):
+            raise ParameterError(f"{name} must be a list of {len(spec.default)} finite numbers, got {value!r}")
         value = [float(v) for v in value]
     if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
         raise ParameterError(f"{name} = {value} is outside [{spec.min}, {spec.max}]")
