@@ -112,6 +112,12 @@ def _cpu_reference(model: Path, max_batch: int = 4):
     return reference
 
 
+@pytest.fixture(scope="module")
+def shared_engines(tmp_path_factory) -> Path:
+    """One engine cache for the gpu tests that need no cold build (each build takes a while)."""
+    return tmp_path_factory.mktemp("engines")
+
+
 def _perturbed_state(scale: float = 0.02, seed: int = 0) -> dict:
     import torch
 
@@ -154,8 +160,8 @@ def test_fp16_engine_is_within_tolerance_of_onnxruntime_on_cpu(tmp_path):
 
 @pytest.mark.gpu
 @needs_gpu
-def test_refit_follows_new_weights_like_onnxruntime(tmp_path):
-    backend = trtb.TensorRTBackend(SHIPPED, max_batch=4, fp16=False, cache_dir=tmp_path)
+def test_refit_follows_new_weights_like_onnxruntime(shared_engines):
+    backend = trtb.TensorRTBackend(SHIPPED, max_batch=4, fp16=False, cache_dir=shared_engines)
     assert backend.engine.refittable
     reference = _cpu_reference(SHIPPED)
     state = _perturbed_state()
@@ -172,8 +178,8 @@ def test_refit_follows_new_weights_like_onnxruntime(tmp_path):
 
 @pytest.mark.gpu
 @needs_gpu
-def test_a_refit_whose_probe_fails_keeps_the_serving_engine(tmp_path):
-    backend = trtb.TensorRTBackend(SHIPPED, max_batch=4, fp16=False, cache_dir=tmp_path)
+def test_a_refit_whose_probe_fails_keeps_the_serving_engine(shared_engines):
+    backend = trtb.TensorRTBackend(SHIPPED, max_batch=4, fp16=False, cache_dir=shared_engines)
     x = trtb.probe_batch(backend.num_points, 2, seed=3)
     before, serving = backend.infer(x), backend.engine
     state = _perturbed_state()
@@ -186,12 +192,12 @@ def test_a_refit_whose_probe_fails_keeps_the_serving_engine(tmp_path):
 
 @pytest.mark.gpu
 @needs_gpu
-def test_a_refit_does_not_stall_inference(tmp_path):
+def test_a_refit_does_not_stall_inference(shared_engines):
     import threading
     import time
 
-    backend = trtb.TensorRTBackend(SHIPPED, max_batch=8, fp16=False, cache_dir=tmp_path)
-    x = trtb.probe_batch(backend.num_points, 8)
+    backend = trtb.TensorRTBackend(SHIPPED, max_batch=4, fp16=False, cache_dir=shared_engines)
+    x = trtb.probe_batch(backend.num_points, 4)
     done, latencies = threading.Event(), []
 
     def perceive():

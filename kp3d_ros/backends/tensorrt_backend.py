@@ -602,6 +602,7 @@ class TensorRTBackend(Backend):
         self.last_refit: dict[str, Any] | None = None
         self._trt_log = _trt_logger(trt)
         self._lock = threading.Lock()  # held by inference and by the swap after a refit, nothing else
+        self._refit_lock = threading.Lock()  # one refit at a time
         self._runner: _EngineRunner | None = None
         with torch.cuda.device(self.device.index):
             self._runtime = trt.Runtime(self._trt_log)  # kept: it must outlive the engines
@@ -672,13 +673,17 @@ class TensorRTBackend(Backend):
         refittable weights, refit (refit_from_bytes, else set_named_weights per weight), run the probe
         batch against the torch model. Under the lock: the swap only.
         """
+        if "network_config" not in self.metadata:
+            raise TensorRTError(f"{self.model_path} has no network_config metadata; cannot rebuild it for new weights")
+        with self._refit_lock:
+            self._update_weights(state_dict)
+
+    def _update_weights(self, state_dict: dict) -> None:
         import torch
 
         from kp3d_ros.model.export import export_onnx_bytes
         from kp3d_ros.model.network import build_model
 
-        if "network_config" not in self.metadata:
-            raise TensorRTError(f"{self.model_path} has no network_config metadata; cannot rebuild it for new weights")
         start = time.perf_counter()
         model = build_model(json.loads(self.metadata["network_config"]))
         model.load_state_dict(state_dict)
