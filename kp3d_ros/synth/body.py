@@ -26,33 +26,36 @@ PHENOTYPE_RANGE = {"gender": (0.0, 1.0), "age": (0.25, 1.0), "muscle": (0.0, 1.0
 _ANNY_TO_BODY = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 _X, _Y, _Z = np.eye(3)
 
-# Degrees of freedom: (name, bones sharing the angle, axis kind, axis or None, min deg, max deg).
-# Axis kinds: "world" = a fixed axis of anny's rest frame (carried by the parents), "hinge" = the
-# bone's own local x axis, "twist" = the bone's own local y axis (along the bone).
+# Degrees of freedom: (name, bones sharing the angle, axis kind, axis or None, min deg, max deg,
+# anatomical min deg, anatomical max deg). The first range is moderate (uniformly random poses); the
+# anatomical one bounds every pose of the pose library (kp3d_ros.synth.poses: deep squats, kneeling,
+# reaching up). Axis kinds: "world" = a fixed axis of anny's rest frame (carried by the parents),
+# "hinge" = the bone's own local x axis, "twist" = the bone's own local y axis (along the bone).
 # Signs make positive angles the anatomical ones: flexion forward, abduction outward.
-_DOF_SPEC: list[tuple[str, tuple[str, ...], str, np.ndarray | None, float, float]] = [
-    ("spine_flex", ("spine05", "spine04", "spine03"), "world", _X, -10.0, 40.0),
-    ("spine_lateral", ("spine05", "spine04", "spine03"), "world", _Y, -15.0, 15.0),
-    ("spine_twist", ("spine05", "spine04", "spine03"), "world", _Z, -25.0, 25.0),
-    ("neck_flex", ("neck01", "head"), "world", _X, -20.0, 30.0),
-    ("neck_twist", ("neck01", "head"), "world", _Z, -40.0, 40.0),
+_DOF_SPEC: list[tuple[str, tuple[str, ...], str, np.ndarray | None, float, float, float, float]] = [
+    ("spine_flex", ("spine05", "spine04", "spine03"), "world", _X, -10.0, 40.0, -25.0, 90.0),
+    ("spine_lateral", ("spine05", "spine04", "spine03"), "world", _Y, -15.0, 15.0, -30.0, 30.0),
+    ("spine_twist", ("spine05", "spine04", "spine03"), "world", _Z, -25.0, 25.0, -45.0, 45.0),
+    ("neck_flex", ("neck01", "head"), "world", _X, -20.0, 30.0, -40.0, 50.0),
+    ("neck_twist", ("neck01", "head"), "world", _Z, -40.0, 40.0, -75.0, 75.0),
 ]
 for _side, _sign in (("L", 1.0), ("R", -1.0)):
     _DOF_SPEC += [
-        (f"hip_flex.{_side}", (f"upperleg01.{_side}",), "world", -_X, -20.0, 60.0),
-        (f"hip_abd.{_side}", (f"upperleg01.{_side}",), "world", -_sign * _Y, -8.0, 25.0),
-        (f"hip_twist.{_side}", (f"upperleg01.{_side}",), "twist", None, -15.0, 15.0),
-        (f"knee_flex.{_side}", (f"lowerleg01.{_side}",), "world", _X, 0.0, 90.0),
-        (f"ankle_flex.{_side}", (f"foot.{_side}",), "world", -_X, -20.0, 20.0),
-        (f"shoulder_flex.{_side}", (f"upperarm01.{_side}",), "world", -_X, -40.0, 100.0),
-        (f"shoulder_abd.{_side}", (f"upperarm01.{_side}",), "world", -_sign * _Y, -30.0, 70.0),
-        (f"shoulder_twist.{_side}", (f"upperarm01.{_side}",), "twist", None, -30.0, 30.0),
-        (f"elbow_flex.{_side}", (f"lowerarm01.{_side}",), "hinge", None, 0.0, 120.0),
+        (f"hip_flex.{_side}", (f"upperleg01.{_side}",), "world", -_X, -20.0, 60.0, -25.0, 125.0),
+        (f"hip_abd.{_side}", (f"upperleg01.{_side}",), "world", -_sign * _Y, -8.0, 25.0, -15.0, 45.0),
+        (f"hip_twist.{_side}", (f"upperleg01.{_side}",), "twist", None, -15.0, 15.0, -35.0, 35.0),
+        (f"knee_flex.{_side}", (f"lowerleg01.{_side}",), "world", _X, 0.0, 90.0, 0.0, 150.0),
+        (f"ankle_flex.{_side}", (f"foot.{_side}",), "world", -_X, -20.0, 20.0, -45.0, 35.0),
+        (f"shoulder_flex.{_side}", (f"upperarm01.{_side}",), "world", -_X, -40.0, 100.0, -50.0, 175.0),
+        (f"shoulder_abd.{_side}", (f"upperarm01.{_side}",), "world", -_sign * _Y, -30.0, 70.0, -30.0, 120.0),
+        (f"shoulder_twist.{_side}", (f"upperarm01.{_side}",), "twist", None, -30.0, 30.0, -60.0, 60.0),
+        (f"elbow_flex.{_side}", (f"lowerarm01.{_side}",), "hinge", None, 0.0, 120.0, 0.0, 145.0),
     ]
 DOF_NAMES: tuple[str, ...] = tuple(spec[0] for spec in _DOF_SPEC)
 DOF_INDEX = {name: i for i, name in enumerate(DOF_NAMES)}
 NUM_DOF = len(DOF_NAMES)
-DOF_LIMITS_DEG = np.array([[spec[4], spec[5]] for spec in _DOF_SPEC], dtype=np.float32)  # (D, 2)
+DOF_LIMITS_DEG = np.array([[spec[4], spec[5]] for spec in _DOF_SPEC], dtype=np.float32)  # (D, 2), moderate
+ANATOMICAL_LIMITS_DEG = np.array([[spec[6], spec[7]] for spec in _DOF_SPEC], dtype=np.float32)  # (D, 2)
 
 
 @dataclass
@@ -165,7 +168,7 @@ class BodyModel:
     def _build_dof_tables(self) -> None:
         """Per (dof, bone) entry: the bone index, and the rotation axis in the bone's local frame."""
         bones, dofs, axes, shares = [], [], [], []
-        for d, (_, bone_names, kind, axis, _, _) in enumerate(_DOF_SPEC):
+        for d, (_, bone_names, kind, axis, *_) in enumerate(_DOF_SPEC):
             for name in bone_names:
                 b = self.bone_labels.index(name)
                 rot = self._rest_rot[b]

@@ -10,16 +10,25 @@ from pathlib import Path
 
 from kp3d_ros.synth.lidar import PRESETS
 from kp3d_ros.synth.person import DomainConfig
+from kp3d_ros.synth.poses import POSE_MIX
 
 log = logging.getLogger(__name__)
 
 TRAIN_PRESETS = ("waymo_top", "hdl64e", "vlp32c", "os1_64")
 HELD_OUT_WEIGHT = 0.85  # Stage I train/val bodies have weight < this; the test split only heavier ones
 
+POSES_DOMAIN = {"pose_mix": POSE_MIX, "child_share": 0.3, "negative_share": 0.1, "sensor_effects": 0.6}
+
 SPLIT_CONFIGS: dict[str, dict] = {
     "stage1": {"presets": TRAIN_PRESETS, "phenotype_ranges": {"weight": (0.0, HELD_OUT_WEIGHT)}},
     "stage1-test": {"presets": ("vlp16",), "phenotype_ranges": {"weight": (HELD_OUT_WEIGHT, 1.0)}},
     "stage1-test-dense": {"presets": ("os1_128",), "phenotype_ranges": {"weight": (HELD_OUT_WEIGHT, 1.0)}},
+    # Every pose family of kp3d_ros.synth.poses with its POSE_MIX share, 30 % children, 10 % crops of clutter
+    # alone, real-sensor effects on 60 % of the samples.
+    "stage1-poses": {"presets": TRAIN_PRESETS, "phenotype_ranges": {"weight": (0.0, HELD_OUT_WEIGHT)},
+                     **POSES_DOMAIN},
+    # Held out: heavier bodies and a 128-beam sensor that training never sees, other seeds.
+    "poses-test": {"presets": ("os1_128",), "phenotype_ranges": {"weight": (HELD_OUT_WEIGHT, 1.0)}, **POSES_DOMAIN},
     "full": {},
     "flow-source": {"presets": TRAIN_PRESETS, "occluder": 0.0, "carry_object": 0.0},
     "flow-target": {"presets": ("vlp16", "os1_64"), "range_noise_std": 0.04, "dropout": 0.06,

@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 POSE_BATCH = 64
 SHARD_SIZE = 512  # a multiple of POSE_BATCH
 PRESET_NAMES = tuple(PRESETS)
-_PER_SAMPLE = ("joints", "centre", "distance", "sensor_height", "num_person_points", "phenotype", "inflate")
+_PER_SAMPLE = ("joints", "centre", "distance", "sensor_height", "num_person_points", "phenotype", "inflate",
+               "family", "is_person")
+# Values of the per-sample fields that datasets written before them lack.
+_MISSING = {"family": np.int8(-1), "is_person": np.uint8(1)}
 
 
 def shard_path(root: Path, shard: int) -> Path:
@@ -43,7 +46,7 @@ def pack_samples(samples: list[dict]) -> dict[str, np.ndarray]:
         "preset_id": np.array([PRESET_NAMES.index(s["preset"]) for s in samples], dtype=np.uint8),
     }
     for key in _PER_SAMPLE:
-        packed[key] = np.stack([np.asarray(s[key]) for s in samples])
+        packed[key] = np.stack([np.asarray(s.get(key, _MISSING.get(key))) for s in samples])
     return packed
 
 
@@ -143,5 +146,5 @@ class ShardedDataset:
         sample = {"points": data["points"][a:b], "parts": data["parts"][a:b].astype(np.int64),
                   "preset": self.preset_names[int(data["preset_id"][i])]}
         for key in _PER_SAMPLE:
-            sample[key] = data[key][i]
+            sample[key] = data[key][i] if key in data else _MISSING[key]
         return sample

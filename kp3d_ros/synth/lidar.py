@@ -68,6 +68,51 @@ PRESETS: dict[str, LidarPreset] = {
 }
 
 
+@dataclass(frozen=True)
+class SensorEffects:
+    """What real LiDARs do that a perfect ray cast does not (all off by default).
+
+    - Beam divergence: each beam is a cone of ``divergence_mrad`` (full angle), cast as a centre ray and
+      four rays on its rim. The return is reported along the centre direction at the range of the
+      nearest rim or centre hit, so thin things are hit more often and silhouettes grow by the footprint.
+    - Mixed returns: where the footprint spans surfaces more than ``mixed_min_gap`` apart in range, with
+      probability ``mixed_probability`` the return lies between them (the mean of the hit ranges) and
+      belongs to no surface (mesh_id -1).
+    - Dropout on top of the preset's: ``range_dropout`` x (range / 50 m)^2, plus ``incidence_dropout`` x
+      (1 - |cos incidence|)^2 at grazing angles.
+    Motion during the sweep is applied by the caller from each return's azimuth (``sweep_times``).
+    """
+
+    divergence_mrad: float = 0.0
+    mixed_probability: float = 0.0
+    mixed_min_gap: float = 0.1
+    range_dropout: float = 0.0
+    incidence_dropout: float = 0.0
+
+
+NO_EFFECTS = SensorEffects()
+_RIM = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])  # (azimuth, elevation) unit offsets
+
+
+def _footprint_rays(dirs: np.ndarray, half_angle: float) -> np.ndarray:
+    """(R, 5, 3) unit directions: each ray and four rays on a cone of ``half_angle`` (rad) around it."""
+    up = np.array([0.0, 0.0, 1.0])
+    side = np.cross(up, dirs)
+    side /= np.maximum(np.linalg.norm(side, axis=1, keepdims=True), 1e-9)
+    lift = np.cross(dirs, side)
+    rim = dirs[:, None] + half_angle * (_RIM[None, :, :1] * side[:, None] + _RIM[None, :, 1:] * lift[:, None])
+    rays = np.concatenate([dirs[:, None], rim], 1)
+    return rays / np.linalg.norm(rays, axis=-1, keepdims=True)
+
+
+def sweep_times(points: np.ndarray, period_s: float, reference_azimuth: float) -> np.ndarray:
+    """Time (s) of each return relative to when the sweep passes ``reference_azimuth`` (rad), for a
+    sensor turning counter-clockwise once per ``period_s``: in [-period_s / 2, period_s / 2)."""
+    azimuth = np.arctan2(points[:, 1], points[:, 0])
+    turn = np.mod(azimuth - reference_azimuth + np.pi, 2 * np.pi) - np.pi
+    return (turn / (2 * np.pi) * period_s).astype(np.float32)
+
+
 @dataclass
 class Hits:
     points: np.ndarray  # (M, 3) float32, sensor frame
@@ -116,10 +161,12 @@ def ray_directions(preset: LidarPreset, azimuths: np.ndarray) -> tuple[np.ndarra
 
 def cast(scene_meshes: list[Mesh], preset: LidarPreset, sensor: float | np.ndarray, rng: np.random.Generator,
          azimuth_window: tuple[float, float] | None = None, noise: bool = True,
-         range_noise_std: float | None = None, dropout: float | None = None) -> Hits:
+         range_noise_std: float | None = None, dropout: float | None = None,
+         effects: SensorEffects = NO_EFFECTS) -> Hits:
     """Cast one scan (or the part of it in ``azimuth_window``, radians in the sensor frame) at world meshes.
 
-    Returns the returns in the sensor frame. Range noise and dropout come from the preset unless given.
+    Returns the returns in the sensor frame. Range noise and dropout come from the preset unless given;
+    ``effects`` adds beam divergence, mixed returns and range / incidence dependent dropout.
     """
     pose = sensor_pose(sensor)
     scene = o3d.t.geometry.RaycastingScene()
@@ -128,13 +175,26 @@ def cast(scene_meshes: list[Mesh], preset: LidarPreset, sensor: float | np.ndarr
                             o3d.core.Tensor(np.ascontiguousarray(faces, dtype=np.uint32)))
     offset = rng.uniform(0.0, np.deg2rad(preset.azimuth_resolution_deg))
     dirs, beams = ray_directions(preset, azimuth_grid(preset, azimuth_window, offset))
-    world_dirs = dirs @ pose[:3, :3].T
+    footprint = effects.divergence_mrad > 0
+    cast_dirs = _footprint_rays(dirs, 0.5e-3 * effects.divergence_mrad).reshape(-1, 3) if footprint else dirs
+    world_dirs = cast_dirs @ pose[:3, :3].T
     rays = np.concatenate([np.broadcast_to(pose[:3, 3], world_dirs.shape), world_dirs], 1).astype(np.float32)
-    result = scene.cast_rays(o3d.core.Tensor(rays))
-    t_hit = result["t_hit"].numpy()
+    result = {k: v.numpy() for k, v in scene.cast_rays(o3d.core.Tensor(rays)).items()}
+    t_hit, mesh_id = result["t_hit"], result["geometry_ids"].astype(np.int64)
+    triangle, bary = result["primitive_ids"].astype(np.int64), result["primitive_uvs"]
+    normal = result["primitive_normals"]
+    if footprint:
+        t_hit, mesh_id, triangle, bary, normal = _resolve_footprints(
+            t_hit.reshape(len(dirs), -1), mesh_id.reshape(len(dirs), -1), triangle.reshape(len(dirs), -1),
+            bary.reshape(len(dirs), -1, 2), normal.reshape(len(dirs), -1, 3), effects, rng)
     keep = np.isfinite(t_hit) & (t_hit >= preset.min_range) & (t_hit <= preset.max_range)
-    drop = preset.dropout if dropout is None else dropout
-    if noise and drop > 0:
+    drop = np.full(len(keep), preset.dropout if dropout is None else dropout)
+    if effects.range_dropout > 0:
+        drop = drop + effects.range_dropout * np.minimum(np.nan_to_num(t_hit, posinf=50.0) / 50.0, 1.0) ** 2
+    if effects.incidence_dropout > 0:
+        cos = np.abs(np.einsum("ri,ri->r", normal, dirs @ pose[:3, :3].T))
+        drop = drop + effects.incidence_dropout * (1.0 - np.nan_to_num(cos, nan=1.0)) ** 2
+    if noise and np.any(drop > 0):
         keep &= rng.random(len(keep)) >= drop
     idx = np.flatnonzero(keep)
     r = t_hit[idx].astype(np.float64)
@@ -143,12 +203,29 @@ def cast(scene_meshes: list[Mesh], preset: LidarPreset, sensor: float | np.ndarr
         r = r + rng.normal(0.0, std, len(r))
     return Hits(
         points=(dirs[idx] * r[:, None]).astype(np.float32),
-        mesh_id=result["geometry_ids"].numpy()[idx].astype(np.int64),
-        triangle_id=result["primitive_ids"].numpy()[idx].astype(np.int64),
-        barycentric=result["primitive_uvs"].numpy()[idx].astype(np.float32),
+        mesh_id=mesh_id[idx],
+        triangle_id=triangle[idx],
+        barycentric=bary[idx].astype(np.float32),
         ranges=r.astype(np.float32),
         beam=beams[idx],
     )
+
+
+def _resolve_footprints(t_hit: np.ndarray, mesh_id: np.ndarray, triangle: np.ndarray, bary: np.ndarray,
+                        normal: np.ndarray, effects: SensorEffects, rng: np.random.Generator):
+    """One return per beam from its footprint's rays (R, K): the nearest hit, or a mixed return."""
+    rows = np.arange(len(t_hit))
+    nearest = np.argmin(np.where(np.isfinite(t_hit), t_hit, np.inf), axis=1)
+    t_near = t_hit[rows, nearest]
+    hit = np.isfinite(t_hit)
+    far = np.where(hit, t_hit, -np.inf).max(1)
+    spans = hit.any(1) & (far - t_near > effects.mixed_min_gap)
+    mixed = spans & (rng.random(len(t_hit)) < effects.mixed_probability)
+    t_out = t_near.copy()
+    t_out[mixed] = np.nanmean(np.where(hit, t_hit, np.nan)[mixed], axis=1)
+    mesh_out = mesh_id[rows, nearest].copy()
+    mesh_out[mixed] = -1
+    return (t_out, mesh_out, triangle[rows, nearest], bary[rows, nearest], normal[rows, nearest])
 
 
 def surface_points(vertices: np.ndarray, faces: np.ndarray, triangle_id: np.ndarray,

@@ -88,19 +88,20 @@ def make_augmenter(cfg: dict, sensor_cfg: dict | None = None) -> Callable[[dict,
 
 
 def to_example(sample: dict, num_points: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """Network input (N, 3), target joints (J, 3), target parts (N,), all in the crop's frame."""
+    """Network input (N, 3), target joints (J, 3), target parts (N,), all in the crop's frame, and whether
+    the crop holds a person (a crop of clutter alone has no joints to learn; its parts are background)."""
     points = np.asarray(sample["points"], np.float32)
     idx = sample_indices(len(points), num_points, rng)
     centre, rotation = crop_frame(points)
     return (to_crop_frame(points[idx], centre, rotation),
             to_crop_frame(np.asarray(sample["joints"], np.float32), centre, rotation),
-            np.asarray(sample["parts"], np.int64)[idx])
+            np.asarray(sample["parts"], np.int64)[idx], np.float32(sample.get("is_person", 1)))
 
 
 def collate(examples: list[tuple[np.ndarray, ...]]) -> tuple[torch.Tensor, ...]:
-    pts, joints, parts = zip(*examples, strict=True)
+    pts, joints, parts, is_person = zip(*examples, strict=True)
     return (torch.from_numpy(np.stack(pts).astype(np.float32)), torch.from_numpy(np.stack(joints).astype(np.float32)),
-            torch.from_numpy(np.stack(parts)))
+            torch.from_numpy(np.stack(parts)), torch.from_numpy(np.array(is_person, np.float32)))
 
 
 def available_indices(dataset) -> np.ndarray:
@@ -158,9 +159,12 @@ def fixed_batches(dataset, num_points: int, max_samples: int, batch_size: int, s
 # --- loss -----------------------------------------------------------------------------------------
 
 
-def stage1_losses(model: KeypointNet, points, joints, parts, w_kp: float, w_seg: float) -> dict[str, torch.Tensor]:
+def stage1_losses(model: KeypointNet, points, joints, parts, is_person, w_kp: float, w_seg: float
+                  ) -> dict[str, torch.Tensor]:
+    """L_syn over a batch; the keypoint term over the crops that hold a person (is_person, (B,))."""
     keypoints, logits = model(points)
-    l_kp = (keypoints - joints).norm(dim=-1).mean()
+    per_crop = (keypoints - joints).norm(dim=-1).mean(-1)
+    l_kp = (per_crop * is_person).sum() / is_person.sum().clamp(min=1.0)
     l_seg = functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), parts.reshape(-1))
     return {"loss": w_kp * l_kp + w_seg * l_seg, "l_kp": l_kp, "l_seg": l_seg, "keypoints": keypoints,
             "logits": logits}
@@ -168,15 +172,15 @@ def stage1_losses(model: KeypointNet, points, joints, parts, w_kp: float, w_seg:
 
 def validation(model: KeypointNet, batches: list, w_kp: float, w_seg: float) -> dict[str, float]:
     tot = {"val_loss": 0.0, "val_mpjpe_cm": 0.0, "val_seg_acc": 0.0}
-    n = 0
-    for points, joints, parts in batches:
-        out = stage1_losses(model, points, joints, parts, w_kp, w_seg)
-        b = len(points)
+    n = people = 0.0
+    for points, joints, parts, is_person in batches:
+        out = stage1_losses(model, points, joints, parts, is_person, w_kp, w_seg)
+        b, p = len(points), float(is_person.sum())
         tot["val_loss"] += float(out["loss"]) * b
-        tot["val_mpjpe_cm"] += float(out["l_kp"]) * 100 * SCALE * b
+        tot["val_mpjpe_cm"] += float(out["l_kp"]) * 100 * SCALE * p
         tot["val_seg_acc"] += float((out["logits"].argmax(-1) == parts).float().mean()) * b
-        n += b
-    return {k: v / max(n, 1) for k, v in tot.items()}
+        n, people = n + b, people + p
+    return {k: v / max(people if k == "val_mpjpe_cm" else n, 1) for k, v in tot.items()}
 
 
 # --- command ---------------------------------------------------------------------------------------
