@@ -73,6 +73,15 @@ class _FrameState:
     num_dropped_nonfinite: int = 0
 
 
+def body_share(points: np.ndarray, parts: np.ndarray, centre_xy: np.ndarray, person_mask: np.ndarray,
+               radius: float) -> float:
+    """Share of a crop's non-ground points (person_mask) within ``radius`` of the vertical axis through
+    centre_xy that the network labels as a body part: the person-versus-clutter score that
+    detection.min_body_share thresholds (0 when no such point exists)."""
+    core = person_mask & (np.hypot(points[:, 0] - centre_xy[0], points[:, 1] - centre_xy[1]) < radius)
+    return float(np.count_nonzero(parts[core]) / max(np.count_nonzero(core), 1))
+
+
 def _joint_confidence(keypoints: np.ndarray, logits: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Per-joint confidence (B, J) from the network outputs and inputs (all in the network frame)."""
     from kp3d_ros.model.postprocess import joint_confidence
@@ -284,10 +293,8 @@ class PerceptionPipeline:
         if self.backend is None or threshold <= 0:
             return np.arange(len(parts))
         radius = self.params["detection.body_core_radius"]
-        shares = []
-        for c, p, m in zip(crops, parts, person_masks, strict=True):
-            core = m & (np.hypot(c.points[:, 0] - c.centre[0], c.points[:, 1] - c.centre[1]) < radius)
-            shares.append(np.count_nonzero(p[core]) / max(np.count_nonzero(core), 1))
+        shares = [body_share(c.points, p, c.centre, m, radius)
+                  for c, p, m in zip(crops, parts, person_masks, strict=True)]
         return np.flatnonzero(np.array(shares) >= threshold)
 
     REJECTIONS_TO_SKIP = 3  # network rejections in a row after which a track is only rechecked now and then

@@ -33,10 +33,27 @@ def open_backend(model_path: str | Path, batch: int, threads: int) -> tuple[Back
     return create_backend(name, model_path, max_batch=batch, threads=threads)
 
 
+GROUND_CLEARANCE = 0.2  # m above the crop's ground that count as the person (the node's ground.clearance)
+BODY_CORE_RADIUS = 0.5  # m, the node's detection.body_core_radius
+SHARE_THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
+SCORED_POINTS = 50  # person returns of a crop that the pose-coverage figures score
+
+
+def crop_body_share(sample: dict, parts: np.ndarray) -> float:
+    """The node's person-versus-clutter score (pipeline.body_share) on a data set crop: its points more
+    than GROUND_CLEARANCE above the crop's ground, within BODY_CORE_RADIUS of the crop's axis."""
+    from kp3d_ros.core.pipeline import body_share
+
+    points, centre = sample["points"], sample["centre"]
+    return body_share(points, parts, centre[:2], points[:, 2] > centre[2] + GROUND_CLEARANCE, BODY_CORE_RADIUS)
+
+
 def predict_dataset(backend: Backend, dataset, indices, batch: int, seed: int = 0) -> dict[str, np.ndarray | list]:
-    """Predictions and truth for the chosen samples (skipping samples without points)."""
+    """Predictions and truth for the chosen samples (skipping samples without points). Crops of clutter
+    alone (is_person 0) give no keypoints; every crop gets its body share for the detection scores."""
     rng = np.random.default_rng(seed)
-    out = {"pred": [], "gt": [], "num_points": [], "distance": [], "preset": [], "conf": None}
+    out = {"pred": [], "gt": [], "num_points": [], "distance": [], "preset": [], "conf": None, "family": [],
+           "negative_share": [], "person_share": [], "person_points": []}
     conf = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     for s in range(0, len(indices), batch):
         samples = [dataset[int(i)] for i in indices[s : s + batch]]
@@ -46,16 +63,55 @@ def predict_dataset(backend: Backend, dataset, indices, batch: int, seed: int = 
         crops = [x["points"] for x in samples]
         prepared = prepare_batch(crops, backend.num_points, rng)
         result = backend.infer(prepared.points)
-        out["pred"].append(restore_keypoints(result.keypoints, prepared))
-        out["gt"].append(np.stack([x["joints"] for x in samples]))
+        person = np.array([bool(x.get("is_person", 1)) for x in samples])
+        out["pred"].append(restore_keypoints(result.keypoints, prepared)[person])
+        out["gt"].append(np.stack([x["joints"] for x in samples])[person])
         parts = point_parts(result.logits, prepared.indices, prepared.counts, crops)
-        for x, p in zip(samples, parts, strict=True):
+        for x, p, is_person in zip(samples, parts, person, strict=True):
             conf += metrics.confusion_matrix(p, x["parts"], NUM_CLASSES)
+            if "centre" in x:
+                share = crop_body_share(x, p)
+                if not is_person:
+                    out["negative_share"].append(share)
+                else:
+                    out["person_share"].append(share)
+                    out["person_points"].append(int(x["num_person_points"]))
+            if not is_person:
+                continue
             out["num_points"].append(int(x.get("num_person_points", len(x["points"]))))
             out["distance"].append(float(x.get("distance", np.linalg.norm(x["points"].mean(0)[:2]))))
             out["preset"].append(str(x.get("preset", "")))
+            out["family"].append(int(x.get("family", -1)))
     out["pred"], out["gt"] = np.concatenate(out["pred"]), np.concatenate(out["gt"])
     out["conf"] = conf
+    return out
+
+
+def detection_curve(pred: dict, min_points: int = SCORED_POINTS) -> list[dict]:
+    """Crop-level precision and recall of the body-share gate at each of SHARE_THRESHOLDS: people with at
+    least ``min_points`` returns against crops of clutter alone (one of each per crop, so precision
+    depends on the split's share of negatives)."""
+    people = np.array(pred["person_share"])[np.array(pred["person_points"], dtype=np.int64) >= min_points]
+    negatives = np.array(pred["negative_share"])
+    rows = []
+    for t in SHARE_THRESHOLDS:
+        tp, fp = int((people >= t).sum()), int((negatives >= t).sum())
+        rows.append({"threshold": t, "recall": tp / max(len(people), 1), "precision": tp / max(tp + fp, 1),
+                     "people": len(people), "negatives": len(negatives), "false": fp})
+    return rows
+
+
+def family_summary(pred: dict, min_points: int = SCORED_POINTS) -> dict[str, dict]:
+    """Keypoint scores per pose family (kp3d_ros.synth.poses) over people with at least min_points returns."""
+    from kp3d_ros.synth.poses import FAMILIES
+
+    family = np.array(pred["family"], dtype=np.int64)
+    scored = np.array(pred["num_points"]) >= min_points
+    out = {}
+    for k, name in enumerate(FAMILIES):
+        sel = scored & (family == k)
+        if sel.any():
+            out[name] = metrics.keypoint_summary(pred["pred"][sel], pred["gt"][sel])
     return out
 
 
@@ -75,6 +131,10 @@ def summarise(pred: dict) -> dict:
         "by_distance": metrics.binned_errors(person_err, dist, DISTANCE_BINS),
         "by_preset": {k: metrics.keypoint_summary(p[preset_arr == k], g[preset_arr == k]) for k in presets if k},
         "per_joint_cm": dict(zip(JOINT_NAMES, (metrics.per_joint_errors(p, g) * 100).tolist(), strict=True)),
+        "ge50_points": metrics.keypoint_summary(p[n_pts >= SCORED_POINTS], g[n_pts >= SCORED_POINTS])
+        if (n_pts >= SCORED_POINTS).any() else {},
+        "by_family": family_summary(pred),
+        "detection": detection_curve(pred) if pred["negative_share"] else [],
         "segmentation": {"accuracy": seg["accuracy"], "miou": seg["miou"],
                          "iou": dict(zip(PART_NAMES, [float(v) for v in seg["iou"]], strict=True))},
     }
@@ -86,8 +146,10 @@ def _fmt(v) -> str:
 
 def to_markdown(summary: dict) -> str:
     lines = ["| subset | people | MPJPE cm | N-MPJPE cm | PA-MPJPE cm | PCK@5 | PCK@10 | PCK@20 |", "|---" * 8 + "|"]
-    rows = [("all", summary["overall"]), (">= 100 points", summary["ge100_points"])]
+    rows = [("all", summary["overall"]), (">= 50 points", summary.get("ge50_points", {})),
+            (">= 100 points", summary["ge100_points"])]
     rows += [(f"preset {k}", v) for k, v in summary["by_preset"].items()]
+    rows += [(f"family {k} (>= {SCORED_POINTS} points)", v) for k, v in summary.get("by_family", {}).items()]
     for name, s in rows:
         if s:
             lines.append(f"| {name} | {s['people']} | {s['mpjpe_cm']:.2f} | {s['n_mpjpe_cm']:.2f} | "
@@ -96,6 +158,12 @@ def to_markdown(summary: dict) -> str:
         lines += ["", f"| {title} | people | MPJPE cm |", "|---|---|---|"]
         lines += [f"| [{r['lo']:g}, {r['hi']:g}) | {r['count']} | {r['mean']:.2f} |"
                   for r in summary[key] if r["count"]]
+    if summary.get("detection"):
+        lines += ["", f"Body-share gate on crops (people with >= {SCORED_POINTS} points against crops of clutter "
+                  "alone):", "", "| min_body_share | recall | precision | false | people | negatives |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['threshold']:g} | {r['recall']:.3f} | {r['precision']:.3f} | {r['false']} | {r['people']} | "
+                  f"{r['negatives']} |" for r in summary["detection"]]
     lines += ["", "| joint | MPJPE cm |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in summary["per_joint_cm"].items()]
     seg = summary["segmentation"]
@@ -239,7 +307,8 @@ def main(args: argparse.Namespace) -> int:
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
     if args.plot:
-        dense = [i for i in indices if pred["num_points"][i] >= 100] if len(pred["num_points"]) == count else []
+        dense = [i for i in indices
+                 if dataset[int(i)].get("is_person", 1) and dataset[int(i)]["num_person_points"] >= 100]
         rng = np.random.default_rng(0)
         chosen = rng.choice(dense or list(indices), size=min(4, len(dense or indices)), replace=False)
         plot_examples(backend, dataset, sorted(chosen), args.plot)

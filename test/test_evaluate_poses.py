@@ -1,0 +1,39 @@
+"""`kp3d eval` on a pose-family split: scores per family and the body-share gate's precision and recall."""
+
+import itertools
+
+import numpy as np
+
+from kp3d_ros.backends.factory import create_backend, default_model_path
+from kp3d_ros.synth.dataset import ShardedDataset, write_dataset
+from kp3d_ros.synth.person import DomainConfig
+from kp3d_ros.synth.poses import POSE_MIX
+from kp3d_ros.train.evaluate import SHARE_THRESHOLDS, detection_curve, predict_dataset, summarise, to_markdown
+
+
+def test_family_scores_and_detection_curve(tmp_path):
+    config = DomainConfig(presets=("waymo_top",), distance_range=(3.0, 8.0), pose_mix=POSE_MIX,
+                          negative_share=0.3, child_share=0.3)
+    write_dataset(tmp_path / "split", 64, seed=5, config=config, progress=False)
+    data = ShardedDataset(tmp_path / "split")
+    backend, _ = create_backend("onnxruntime", default_model_path(), max_batch=16, threads=1)
+    pred = predict_dataset(backend, data, np.arange(len(data)), batch=16)
+    people = sum(int(data[i]["is_person"]) for i in range(len(data)))
+    assert len(pred["gt"]) == people == len(pred["family"]) and len(pred["negative_share"]) == 64 - people
+    assert np.all(np.isfinite(pred["gt"]))  # no crop of clutter alone among the scored people
+    summary = summarise(pred)
+    assert summary["by_family"] and set(summary["by_family"]) <= set(POSE_MIX)
+    curve = summary["detection"]
+    assert [r["threshold"] for r in curve] == list(SHARE_THRESHOLDS)
+    assert curve[0]["recall"] == 1.0 and curve[0]["false"] == 64 - people
+    recalls = [r["recall"] for r in curve]
+    assert all(a >= b for a, b in itertools.pairwise(recalls))
+    assert "Body-share gate" in to_markdown(summary)
+
+
+def test_detection_curve_counts():
+    pred = {"person_share": [1.0, 0.9, 0.6, 0.2], "person_points": [100, 100, 100, 10],
+            "negative_share": [0.0, 0.95]}
+    rows = {r["threshold"]: r for r in detection_curve(pred, min_points=50)}
+    assert rows[0.9]["recall"] == 2 / 3 and rows[0.9]["precision"] == 2 / 3 and rows[0.9]["false"] == 1
+    assert rows[0.97]["recall"] == 1 / 3 and rows[0.97]["precision"] == 1.0
