@@ -172,3 +172,24 @@ def test_render_shows_people_where_their_joints_project(scene):
     assert in_image.any(), "the test scene should have someone in front of the camera"
     nearest = np.min(np.hypot(xs[:, None] - pixels[in_image, 0], ys[:, None] - pixels[in_image, 1]), axis=1)
     assert np.percentile(nearest, 95) < 60  # the changed pixels are the people's
+
+
+def test_people_holding_library_poses():
+    from kp3d_ros.skeleton import JOINT_INDEX
+    from kp3d_ros.synth.scene import SCENE_FAMILIES
+
+    sim = SceneSimulator(7, preset="vlp16", seed=5, pose_share=1.0, child_share=0.5)
+    held = [s for s in sim.people if s.pose is not None]
+    assert len(held) == 5 and all(s.action in SCENE_FAMILIES and s.speed == 0.0 for s in held)
+    assert all(s.pose is None for s in sim.people[:2])  # the crossing pair still walks
+    ages = sim.phenotypes.values[:, 1]
+    assert np.all((ages >= 0.25) & (ages <= 1.0)) and np.any(ages <= 0.5)
+    frame_a, frame_b = list(sim.frames(2))
+    for i, script in enumerate(sim.people):
+        if script.pose is None:
+            continue
+        head = frame_a.people[i].joints[JOINT_INDEX["head_center"], 2] + sim.sensor_height
+        if script.action != "reach":
+            assert head < 1.9, script.action  # nobody else holding these poses stands at full height
+        if script.action != "jump":  # a held pose stays put
+            np.testing.assert_allclose(frame_a.people[i].joints, frame_b.people[i].joints, atol=1e-4)

@@ -143,7 +143,7 @@ def _storage_of(path: Path, storage: str) -> tuple[StoragePlugin, bool]:
 def write_scene_bag(path: str | Path, num_people: int = 5, seconds: float = 10.0, preset: str = "waymo_top",
                     seed: int = 0, camera: bool = False, storage: str = "mcap", rate_hz: float = 10.0,
                     camera_rate_hz: float = 5.0, gt_min_points: int = 1, overwrite: bool = False,
-                    progress: bool = False) -> BagSummary:
+                    progress: bool = False, pose_share: float = 0.0, child_share: float = 0.0) -> BagSummary:
     """Simulate a scene and write it as a ROS 2 bag; returns what was written and how long it took."""
     from kp3d_ros.synth.camera import PinholeCamera, SceneRenderer
 
@@ -151,6 +151,8 @@ def write_scene_bag(path: str | Path, num_people: int = 5, seconds: float = 10.0
     plugin, single_file = _storage_of(path, storage)
     if seconds <= 0 or rate_hz <= 0 or camera_rate_hz <= 0:
         raise ValueError("seconds, rate and camera rate must be positive")
+    if not (0.0 <= pose_share <= 1.0 and 0.0 <= child_share <= 1.0):
+        raise ValueError("pose share and child share must be within 0 and 1")
     if path.exists():
         if not overwrite:
             raise FileExistsError(f"{path} exists; choose another path or overwrite")
@@ -159,7 +161,8 @@ def write_scene_bag(path: str | Path, num_people: int = 5, seconds: float = 10.0
     num_frames = max(1, round(seconds * rate_hz))
     image_every = max(1, round(rate_hz / camera_rate_hz))
     started = time.perf_counter()
-    sim = SceneSimulator(num_people, preset, seed=seed, rate_hz=rate_hz, keep_geometry=camera)
+    sim = SceneSimulator(num_people, preset, seed=seed, rate_hz=rate_hz, keep_geometry=camera, pose_share=pose_share,
+                         child_share=child_share)
     cam = PinholeCamera()
     renderer = SceneRenderer(cam, sim.world) if camera else None
     messages = _Messages()
@@ -224,13 +227,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt-min-points", type=int, default=1,
                         help="ground-truth keypoints only for people with at least this many LiDAR points")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--pose-share", type=float, default=0.0,
+                        help="share of the people after the crossing pair who hold a pose of the pose library "
+                             "(squat, kneel, sit, bend, lie, crawl, reach, jump)")
+    parser.add_argument("--children", type=float, default=0.0, help="share of children among the people")
 
 
 def main(args: argparse.Namespace) -> int:
     try:
         summary = write_scene_bag(args.out, args.people, args.seconds, args.preset, args.seed, args.camera,
                                   args.storage, args.rate, args.camera_rate, args.gt_min_points, args.overwrite,
-                                  progress=True)
+                                  progress=True, pose_share=args.pose_share, child_share=args.children)
     except (ValueError, FileExistsError, RuntimeError) as exc:
         print(f"kp3d synth-bag: {exc}", file=sys.stderr)
         return 2

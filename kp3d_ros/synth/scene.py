@@ -12,15 +12,16 @@ the sensor ("lidar") frame, so the ground lies near z = -sensor_height.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
 import numpy as np
 
 from kp3d_ros.skeleton import PART_INDEX
-from kp3d_ros.synth.body import NUM_DOF, Poses, get_body_model, yaw_transforms
+from kp3d_ros.synth.body import NUM_DOF, Phenotypes, Poses, get_body_model, yaw_transforms
 from kp3d_ros.synth.lidar import PRESETS, LidarPreset, cast, surface_points
 from kp3d_ros.synth.motion import action_poses
+from kp3d_ros.synth.poses import PoseDraw, draw_family, place
 from kp3d_ros.synth.static_world import Ground, WorldMesh, build_static_world
 
 START_NS = 1_767_225_600 * 1_000_000_000  # 2026-01-01T00:00:00Z: the first frame's stamp by default
@@ -30,6 +31,9 @@ STATIONARY_ACTIONS = ("stand", "wave", "turn", "bend", "crouch")
 # Actions of the people after the crossing pair, in order; then drawn from ACTION_MIX.
 SCRIPTED_ACTIONS = ("walk", "wave", "turn", "stand")
 ACTION_MIX = {"walk": 0.6, "stand": 0.1, "wave": 0.1, "turn": 0.1, "bend": 0.05, "crouch": 0.05}
+# Poses that people off the road hold (kp3d_ros.synth.poses), for scenes with a pose_share; jumpers jump on the spot.
+SCENE_FAMILIES = ("squat", "kneel", "sit_ground", "bend", "lie", "crawl", "reach", "jump")
+CHILD_RANGES = {"age": (0.25, 0.5), "height": (0.0, 0.55)}  # as kp3d_ros.synth.person.CHILD_RANGES
 CAMERA_HALF_FOV = np.deg2rad(30.0)  # the crossing happens in front of the sensor, where the camera looks
 
 _SKIN = PART_INDEX["head"], PART_INDEX["left_hand"], PART_INDEX["right_hand"]
@@ -97,6 +101,7 @@ class PersonScript:
     yaw0: float = 0.0  # heading of people who stay put (rad)
     yaw_rate: float = 0.0  # rad/s, turners only
     phase0: float = 0.0
+    pose: PoseDraw | None = None  # a held pose of the pose library (action = its family), else None
 
     @property
     def length(self) -> float:
@@ -195,14 +200,20 @@ def _walker_path(rng: np.random.Generator) -> np.ndarray:
     return start + radius * np.stack([np.sin(yaw) - np.sin(heading), -np.cos(yaw) + np.cos(heading)], -1)
 
 
-def script_people(num_people: int, rng: np.random.Generator, min_gap: float = 1.5) -> list[PersonScript]:
+def script_people(num_people: int, rng: np.random.Generator, min_gap: float = 1.5,
+                  pose_share: float = 0.0) -> list[PersonScript]:
     """Scripts for num_people people: a crossing pair of walkers first (if num_people >= 2), then
     SCRIPTED_ACTIONS, then a random mix of walkers and people staying put, all between MIN_RANGE and
-    MAX_RANGE and kept min_gap apart."""
+    MAX_RANGE and kept min_gap apart. With pose_share > 0, each person after the crossing pair holds a
+    pose of SCENE_FAMILIES with that probability instead."""
     scripts = _crossing_pair(rng) if num_people >= 2 else []
     actions, weights = list(ACTION_MIX), np.array(list(ACTION_MIX.values()))
     while len(scripts) < num_people:
-        if num_people == 1:
+        pose = None
+        if pose_share > 0 and len(scripts) >= 2 and rng.random() < pose_share:
+            pose = draw_family(SCENE_FAMILIES[rng.integers(len(SCENE_FAMILIES))], rng)
+            action = pose.family
+        elif num_people == 1:
             action = "walk"
         elif len(scripts) - 2 < len(SCRIPTED_ACTIONS):
             action = SCRIPTED_ACTIONS[len(scripts) - 2]
@@ -221,11 +232,12 @@ def script_people(num_people: int, rng: np.random.Generator, min_gap: float = 1.
         speed = rng.uniform(1.0, 1.6) if action == "walk" else (rng.uniform(0.4, 0.8) if action == "turn" else 0.0)
         toward_sensor = float(np.arctan2(-path[0, 1], -path[0, 0]))
         cycle_hz = {"walk": float(np.clip(0.55 + 0.3 * speed, 0.8, 1.05)), "turn": 0.7, "wave": 1.1,
-                    "stand": 0.2, "bend": 0.2, "crouch": 0.2}[action]
+                    "stand": 0.2, "bend": 0.2, "crouch": 0.2}.get(action, 0.8)
+        yaw0 = toward_sensor + (rng.uniform(-np.pi, np.pi) if pose is not None else rng.uniform(-1.5, 1.5))
         scripts.append(PersonScript(
             len(scripts), action, int(rng.integers(2**31)), path, speed, cycle_hz,
-            time_offset=float(rng.uniform(0, 30)), yaw0=toward_sensor + rng.uniform(-1.5, 1.5),
-            yaw_rate=float(rng.choice([-1, 1]) * rng.uniform(0.6, 1.0)), phase0=float(rng.random())))
+            time_offset=float(rng.uniform(0, 30)), yaw0=yaw0,
+            yaw_rate=float(rng.choice([-1, 1]) * rng.uniform(0.6, 1.0)), phase0=float(rng.random()), pose=pose))
     return scripts
 
 
@@ -235,7 +247,7 @@ class SceneSimulator:
     def __init__(self, num_people: int, preset: str | LidarPreset = "waymo_top", seed: int = 0,
                  rate_hz: float = 10.0, sensor_height: float = 1.9, ground_slope: float = 0.0,
                  ego_speed: float = 0.0, start_ns: int = START_NS, noise: bool = True,
-                 keep_geometry: bool = False) -> None:
+                 keep_geometry: bool = False, pose_share: float = 0.0, child_share: float = 0.0) -> None:
         if num_people < 0:
             raise ValueError(f"num_people must be >= 0, got {num_people}")
         if rate_hz <= 0:
@@ -250,13 +262,19 @@ class SceneSimulator:
         self.rng = np.random.default_rng(seed)
         slope_dir = self.rng.uniform(-np.pi, np.pi)
         self.ground = Ground(0.0, ground_slope * np.cos(slope_dir), ground_slope * np.sin(slope_dir))
-        self.people = script_people(num_people, self.rng)
+        self.people = script_people(num_people, self.rng, pose_share=pose_share)
         self.world = build_static_world(self.rng, self.ground, [s.path for s in self.people])
         corners = self.world.vertices[self.world.faces]
         self.world_normals = _unit(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]))
         self.body = get_body_model()
-        self.phenotypes = self.body.sample_phenotypes(self.rng, num_people,
-                                                      ranges={"age": (0.55, 1.0)} if num_people else None)
+        if child_share > 0:
+            children = self.rng.random(num_people) < child_share
+            values = [self.body.sample_phenotypes(self.rng, 1, CHILD_RANGES if c else {"age": (0.55, 1.0)}).values
+                      for c in children]
+            self.phenotypes = Phenotypes(np.concatenate(values) if values else np.zeros((0, 6), np.float32))
+        else:
+            self.phenotypes = self.body.sample_phenotypes(self.rng, num_people,
+                                                          ranges={"age": (0.55, 1.0)} if num_people else None)
         self._dress(num_people)
 
     def _dress(self, num_people: int) -> None:
@@ -288,10 +306,21 @@ class SceneSimulator:
         xy = np.array([r[0] for r in roots]).reshape(n, 2)
         translation = np.concatenate([xy, self.ground.z(xy)[:, None]], 1)
         transforms = yaw_transforms(np.array([r[1] for r in roots]), translation)
-        angles = [action_poses(s.action, np.array([s.phase(t)]), np.random.default_rng(s.seed)).angles[0]
+        angles = [s.pose.angles if s.pose is not None else
+                  action_poses(s.action, np.array([s.phase(t)]), np.random.default_rng(s.seed)).angles[0]
                   for s in self.people]
         poses = Poses(np.array(angles, dtype=np.float32).reshape(n, NUM_DOF))
-        return self.body.pose(self.phenotypes, poses, transforms)
+        posed = self.body.pose(self.phenotypes, poses, transforms)
+        held = [i for i, s in enumerate(self.people) if s.pose is not None]
+        if held:  # tipped, lifted (a jumper's lift follows its cycle) and then moved like everyone else
+            local = self.body.pose(self.phenotypes[held], poses[held])
+            for k, i in enumerate(held):
+                draw = self.people[i].pose
+                lift = draw.lift * max(0.0, float(np.sin(2 * np.pi * self.people[i].phase(t))))
+                v, j = place(local.vertices[k], local.joints[k], replace(draw, lift=lift))
+                rot, shift = transforms[i, :3, :3].astype(np.float32), transforms[i, :3, 3].astype(np.float32)
+                posed.vertices[i], posed.joints[i] = v @ rot.T + shift, j @ rot.T + shift
+        return posed
 
     def _intensity(self, hits, people_vertices: np.ndarray, pose: np.ndarray) -> np.ndarray:
         """Reflectivity of the hit triangle, dimmed at grazing incidence, with a little noise."""
