@@ -37,3 +37,31 @@ def test_detection_curve_counts():
     rows = {r["threshold"]: r for r in detection_curve(pred, min_points=50)}
     assert rows[0.9]["recall"] == 2 / 3 and rows[0.9]["precision"] == 2 / 3 and rows[0.9]["false"] == 1
     assert rows[0.97]["recall"] == 1 / 3 and rows[0.97]["precision"] == 1.0
+
+
+def test_bag_scoring_ignores_people_with_few_points(tmp_path):
+    import argparse
+    import json
+
+    from kp3d_ros.core.bagio import read_keypoints, read_point_counts
+    from kp3d_ros.synth.bag import write_scene_bag
+    from kp3d_ros.train.evaluate import _without_ignored, evaluate_bag
+
+    bag = tmp_path / "scene.mcap"
+    write_scene_bag(bag, num_people=3, seconds=0.3, preset="vlp16", seed=4, pose_share=1.0)
+    counts, gt = read_point_counts(bag, "/kp3d/gt/segmentation"), read_keypoints(bag, "/kp3d/gt/keypoints")
+    assert set(counts) <= set(gt) and all(c > 0 for frame in counts.values() for c in frame.values())
+    results = {}
+    for min_points in (0, 10**6):
+        args = argparse.Namespace(model=str(default_model_path()), bag=str(bag), topic="/points",
+                                  gt_topic="/kp3d/gt/keypoints", seg_topic="/kp3d/gt/segmentation",
+                                  min_points=min_points, params=None, set=[], threads=1,
+                                  json=str(tmp_path / f"{min_points}.json"))
+        assert evaluate_bag(args) == 0
+        results[min_points] = json.loads((tmp_path / f"{min_points}.json").read_text())
+    nobody = results[10**6]["pem"]
+    assert nobody["matched"] == nobody["missed"] == 0  # everyone ignored: nothing to find, nothing missed
+    assert nobody["false"] <= results[0]["pem"]["false"] + results[0]["pem"]["matched"]
+    person = np.zeros((1, 14, 3))
+    assert len(_without_ignored(person, np.zeros((0, 14, 3)), person + 0.1)) == 0
+    assert len(_without_ignored(person, np.zeros((0, 14, 3)), person + 5.0)) == 1

@@ -112,3 +112,15 @@ def read_keypoints(path: str | Path, topic: str) -> dict[int, dict[int, np.ndarr
             array[name] = view[name]
         out[stamp_ns(msg)] = people_from_keypoints(array, NUM_JOINTS)
     return out
+
+
+def read_point_counts(path: str | Path, topic: str) -> dict[int, dict[int, int]]:
+    """Points per person of a SEGMENTATION-layout PointCloud2 topic: {stamp_ns: {track_id: count}}."""
+    out: dict[int, dict[int, int]] = {}
+    for _, msg in _messages(path, topic):
+        view = cloud_view(msg).reshape(-1)
+        if "track_id" not in (view.dtype.names or ()):
+            raise BagError(f"topic {topic} has no track_id field (fields {view.dtype.names})")
+        ids, counts = np.unique(np.asarray(view["track_id"]), return_counts=True)
+        out[stamp_ns(msg)] = {int(i): int(c) for i, c in zip(ids, counts, strict=True)}
+    return out

@@ -218,14 +218,17 @@ BAG_MATCH_DISTANCE = 1.0  # m, mean joint distance beyond which a predicted and 
 def evaluate_bag(args: argparse.Namespace) -> int:
     """Run the perception core (kp3d_ros.core.pipeline, as `kp3d infer` does) over the bag's scans and
     compare every frame's people with the ground truth on --gt-topic: PEM (Hungarian matching, 0.25 m
-    penalty per keypoint of a missed or false person) and MPJPE etc. over the matched people."""
-    from kp3d_ros.core.bagio import BagError, iter_scans, read_keypoints
+    penalty per keypoint of a missed or false person), recall, precision and MPJPE etc. over the matched
+    people. With --min-points N, true people with fewer than N returns (--seg-topic) are not scored: a
+    prediction matched to one of them is neither right nor false."""
+    from kp3d_ros.core.bagio import BagError, iter_scans, read_keypoints, read_point_counts
     from kp3d_ros.core.params import load_params, parse_overrides
     from kp3d_ros.core.pipeline import PerceptionPipeline
 
     backend = "torch" if Path(args.model).suffix == ".pt" else "onnxruntime"
     try:
         gt = read_keypoints(args.bag, args.gt_topic)
+        counts = read_point_counts(args.bag, args.seg_topic) if args.min_points > 0 else {}
         params = load_params(args.params, {**parse_overrides(args.set), "network.model_path": str(args.model),
                                            "network.backend": backend, "network.threads": args.threads})
         pipeline = PerceptionPipeline.from_params(params)
@@ -234,10 +237,15 @@ def evaluate_bag(args: argparse.Namespace) -> int:
             result = pipeline.process(scan.points, scan.stamp_ns)
             if scan.stamp_ns not in gt:
                 continue
-            truth = [j for j in gt[scan.stamp_ns].values() if np.isfinite(j).all()]
+            frame_counts = counts.get(scan.stamp_ns, {})
+            scored = {k: frame_counts.get(k, 0) >= args.min_points if args.min_points > 0 else True
+                      for k in gt[scan.stamp_ns]}
+            truth = [j for k, j in gt[scan.stamp_ns].items() if np.isfinite(j).all() and scored[k]]
+            ignored = [j for k, j in gt[scan.stamp_ns].items() if np.isfinite(j).all() and not scored[k]]
             truth = np.stack(truth) if truth else np.zeros((0, len(JOINT_NAMES), 3))
             people = [p.joints for p in result.people if np.isfinite(p.joints).all()]
             people = np.stack(people) if people else np.zeros((0, len(JOINT_NAMES), 3))
+            people = _without_ignored(people, truth, np.stack(ignored) if ignored else truth[:0])
             pred_frames.append(people)
             gt_frames.append(truth)
             if len(people) and len(truth):
@@ -254,14 +262,30 @@ def evaluate_bag(args: argparse.Namespace) -> int:
     if not gt_frames:
         print(f"error: no scan on {args.topic} has ground truth on {args.gt_topic}")
         return 1
-    summary = {"frames": len(gt_frames), "backend": pipeline.backend_reason,
-               "pem": metrics.pem(pred_frames, gt_frames, max_match_distance=BAG_MATCH_DISTANCE)}
+    pem = metrics.pem(pred_frames, gt_frames, max_match_distance=BAG_MATCH_DISTANCE)
+    summary = {"frames": len(gt_frames), "backend": pipeline.backend_reason, "min_points": args.min_points,
+               "pem": pem, "recall": pem["matched"] / max(pem["matched"] + pem["missed"], 1),
+               "precision": pem["matched"] / max(pem["matched"] + pem["false"], 1)}
     if matched_gt:
         summary["matched"] = metrics.keypoint_summary(np.concatenate(matched_pred), np.concatenate(matched_gt))
     print(json.dumps(summary, indent=1, default=float))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1, default=float))
     return 0
+
+
+def _without_ignored(people: np.ndarray, truth: np.ndarray, ignored: np.ndarray) -> np.ndarray:
+    """The predicted people left after matching all true people (scored and ignored) by the Hungarian
+    method within BAG_MATCH_DISTANCE and dropping the predictions matched to an ignored one."""
+    if not len(people) or not len(ignored):
+        return people
+    from scipy.optimize import linear_sum_assignment
+
+    everyone = np.concatenate([truth, ignored])
+    cost = np.linalg.norm(people[:, None] - everyone[None], axis=-1).mean(-1)
+    rows, cols = linear_sum_assignment(cost)
+    drop = rows[(cost[rows, cols] <= BAG_MATCH_DISTANCE) & (cols >= len(truth))]
+    return np.delete(people, drop, axis=0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -271,6 +295,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--bag", help="ROS 2 bag with LiDAR scans and ground-truth keypoints")
     parser.add_argument("--topic", default="/points", help="PointCloud2 LiDAR topic of the bag")
     parser.add_argument("--gt-topic", default="/kp3d/gt/keypoints", help="ground truth (layouts.KEYPOINTS)")
+    parser.add_argument("--seg-topic", default="/kp3d/gt/segmentation",
+                        help="with --min-points: the true points of each person (layouts.SEGMENTATION)")
+    parser.add_argument("--min-points", type=int, default=0,
+                        help="with --bag: score only true people with at least this many returns (0: all)")
     parser.add_argument("--max-samples", type=int, default=0, help="evaluate at most this many samples (0: all)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
