@@ -127,3 +127,21 @@ def test_cli_split_configs_and_overrides():
     assert config.phenotype_ranges == {"weight": (cli.HELD_OUT_WEIGHT, 1.0), "age": (0.3, 0.5)}
     assert "vlp16" not in cli.SPLIT_CONFIGS["stage1"]["presets"]
     assert cli.main(parser.parse_args(["out", "--split-config", "no-such-config"])) == 2
+
+
+def test_concatenated_datasets_and_their_available_samples(tmp_path):
+    from kp3d_ros.synth.dataset import ConcatDataset, ShardedDataset, write_dataset
+    from kp3d_ros.train.stage1 import available_indices
+
+    config = DomainConfig(presets=("vlp16",), distance_range=(3.0, 6.0))
+    a = ShardedDataset(write_dataset(tmp_path / "a", 64, seed=1, config=config, progress=False))
+    b = ShardedDataset(write_dataset(tmp_path / "b", 128, seed=2, config=config, shard_size=64, progress=False))
+    (tmp_path / "b" / "DONE").unlink()
+    (tmp_path / "b" / "shard_00001.npz").unlink()  # b is still being written: only its first shard is there
+    both = ConcatDataset([a, ShardedDataset(tmp_path / "b")])
+    assert len(both) == 192
+    np.testing.assert_array_equal(both[64]["points"], b[0]["points"])
+    np.testing.assert_array_equal(both[-129]["points"], a[63]["points"])
+    np.testing.assert_array_equal(available_indices(both), np.arange(128))
+    with pytest.raises(IndexError):
+        both[192]

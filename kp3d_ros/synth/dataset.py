@@ -148,3 +148,23 @@ class ShardedDataset:
         for key in _PER_SAMPLE:
             sample[key] = data[key][i] if key in data else _MISSING[key]
         return sample
+
+
+class ConcatDataset:
+    """Several datasets read as one: indices run through the parts in order."""
+
+    def __init__(self, parts: list) -> None:
+        if not parts:
+            raise ValueError("ConcatDataset needs at least one part")
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        k = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return self.parts[k][index - int(self.offsets[k])]

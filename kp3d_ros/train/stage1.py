@@ -31,6 +31,7 @@ DEFAULTS: dict = {
     "seed": 0,
     "threads": 1,
     "init": None,  # checkpoint to start from (fresh optimizer and lr schedule: a warm restart)
+    "extra_train": [],  # more training split directories, mixed in with DATA/train (their sizes set the shares)
     "model": {"dim": 64, "depth": 3, "heads": 4, "mlp_ratio": 2},
     "train": {"epochs": 20, "steps_per_epoch": 250, "batch_size": 32, "lr": 2.0e-3, "weight_decay": 0.05,
               "warmup_steps": 200, "w_kp": 0.5, "w_seg": 1.0, "max_minutes": 45.0, "grad_clip": 1.0},
@@ -107,6 +108,9 @@ def collate(examples: list[tuple[np.ndarray, ...]]) -> tuple[torch.Tensor, ...]:
 def available_indices(dataset) -> np.ndarray:
     """Indices of the samples that can be read now: a split still being generated (no DONE file)
     offers the shards already written, so training can start early and sees more data each epoch."""
+    if hasattr(dataset, "parts"):  # a ConcatDataset
+        return np.concatenate([available_indices(p) + int(o)
+                               for p, o in zip(dataset.parts, dataset.offsets, strict=False)])
     root = getattr(dataset, "root", None)
     if root is None or (Path(root) / "DONE").exists():
         return np.arange(len(dataset))
@@ -202,6 +206,10 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
     torch.manual_seed(cfg["seed"])
     root = Path(cfg["data"])
     train_set, val_set = open_split(root, "train"), open_split(root, "val")
+    if cfg.get("extra_train"):
+        from kp3d_ros.synth.dataset import ConcatDataset
+
+        train_set = ConcatDataset([train_set] + [open_split(Path(p).parent, Path(p).name) for p in cfg["extra_train"]])
     tcfg = cfg["train"]
     model = build_model(cfg["model"])
     if cfg.get("init") and not resume:
@@ -223,7 +231,7 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
                         warmup_steps=tcfg["warmup_steps"], out_dir=cfg["out"], monitor="val_mpjpe_cm",
                         time_budget_s=budget, grad_clip=tcfg["grad_clip"], resume=resume)
     meta = default_meta(cfg["num_points"]) | {"stage": "stage1", "train_samples": len(train_set),
-                                              "data": str(root)}
+                                              "data": str(root), "extra_train": ",".join(cfg.get("extra_train", []))}
     result = fit(model, optimizer, fit_cfg, lambda e: training_batches(train_set, cfg, e, augmenter), step,
                  lambda: validation(model, val_batches, tcfg["w_kp"], tcfg["w_seg"]), meta, log)
     log(f"done: {result}")
