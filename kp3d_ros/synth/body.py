@@ -21,6 +21,7 @@ PHENOTYPE_LABELS = ("gender", "age", "muscle", "weight", "height", "proportions"
 # Full sampled range per phenotype (anny's 0..1 scale; age 0.25 is a small child, 0.67 a young adult).
 PHENOTYPE_RANGE = {"gender": (0.0, 1.0), "age": (0.25, 1.0), "muscle": (0.0, 1.0), "weight": (0.0, 1.0),
                    "height": (0.0, 1.0), "proportions": (0.0, 1.0)}
+CHILD_RANGES = {"age": (0.25, 0.5), "height": (0.0, 0.55)}  # children: about 0.8 to 1.6 m tall
 
 # anny's rest frame: person faces -y, left is +x, z up.  Body frame = yaw of +90 degrees.
 _ANNY_TO_BODY = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])

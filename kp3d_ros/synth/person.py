@@ -13,7 +13,7 @@ import numpy as np
 
 from kp3d_ros.core.crop import CROP_RADIUS, crop_indices
 from kp3d_ros.skeleton import BACKGROUND, JOINT_INDEX, NUM_JOINTS, PART_INDEX, pelvis
-from kp3d_ros.synth.body import BodyModel, Phenotypes, Poses, yaw_transforms
+from kp3d_ros.synth.body import CHILD_RANGES, BodyModel, Phenotypes, Poses, yaw_transforms
 from kp3d_ros.synth.lidar import (
     NO_EFFECTS,
     PRESETS,
@@ -28,7 +28,6 @@ from kp3d_ros.synth.lidar import (
 from kp3d_ros.synth.poses import FAMILY_INDEX, MAX_TRIES, PoseDraw, choose_families, draw_family, limbs_clear, place
 
 GROUND_MARGIN = 0.1  # m below the ground kept in a crop
-CHILD_RANGES = {"age": (0.25, 0.5), "height": (0.0, 0.55)}  # anny scale: about 0.8 to 1.6 m tall
 ADULT_AGE = (0.5, 1.0)
 SWEEP_PERIOD_S = 0.1  # a 10 Hz sensor: the time one turn of the sweep takes
 NO_FAMILY = -1  # the family index of a legacy pose or a sample without a person

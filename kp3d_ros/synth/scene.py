@@ -18,7 +18,7 @@ from itertools import pairwise
 import numpy as np
 
 from kp3d_ros.skeleton import PART_INDEX
-from kp3d_ros.synth.body import NUM_DOF, Phenotypes, Poses, get_body_model, yaw_transforms
+from kp3d_ros.synth.body import CHILD_RANGES, NUM_DOF, Phenotypes, Poses, get_body_model, yaw_transforms
 from kp3d_ros.synth.lidar import PRESETS, LidarPreset, cast, surface_points
 from kp3d_ros.synth.motion import action_poses
 from kp3d_ros.synth.poses import PoseDraw, draw_family, place
@@ -32,8 +32,8 @@ STATIONARY_ACTIONS = ("stand", "wave", "turn", "bend", "crouch")
 SCRIPTED_ACTIONS = ("walk", "wave", "turn", "stand")
 ACTION_MIX = {"walk": 0.6, "stand": 0.1, "wave": 0.1, "turn": 0.1, "bend": 0.05, "crouch": 0.05}
 # Poses that people off the road hold (kp3d_ros.synth.poses), for scenes with a pose_share; jumpers jump on the spot.
+ADULTS = {"age": (0.55, 1.0)}  # the phenotype range of a scene's adults
 SCENE_FAMILIES = ("squat", "kneel", "sit_ground", "bend", "lie", "crawl", "reach", "jump")
-CHILD_RANGES = {"age": (0.25, 0.5), "height": (0.0, 0.55)}  # as kp3d_ros.synth.person.CHILD_RANGES
 CAMERA_HALF_FOV = np.deg2rad(30.0)  # the crossing happens in front of the sensor, where the camera looks
 
 _SKIN = PART_INDEX["head"], PART_INDEX["left_hand"], PART_INDEX["right_hand"]
@@ -269,12 +269,12 @@ class SceneSimulator:
         self.body = get_body_model()
         if child_share > 0:
             children = self.rng.random(num_people) < child_share
-            values = [self.body.sample_phenotypes(self.rng, 1, CHILD_RANGES if c else {"age": (0.55, 1.0)}).values
+            values = [self.body.sample_phenotypes(self.rng, 1, CHILD_RANGES if c else ADULTS).values
                       for c in children]
             self.phenotypes = Phenotypes(np.concatenate(values) if values else np.zeros((0, 6), np.float32))
         else:
             self.phenotypes = self.body.sample_phenotypes(self.rng, num_people,
-                                                          ranges={"age": (0.55, 1.0)} if num_people else None)
+                                                          ranges=ADULTS if num_people else None)
         self._dress(num_people)
 
     def _dress(self, num_people: int) -> None:
