@@ -59,15 +59,8 @@ def _plain(value: Any) -> Any:
 
 
 def cloud_error_reason(error: CloudError) -> str:
-    """A short counter name for a malformed-cloud error."""
-    text = str(error)
-    if "has no field" in text:
-        return "missing_fields"
-    if "float32" in text:
-        return "wrong_field_type"
-    if "bytes, the layout needs" in text:
-        return "truncated_data"
-    return "bad_layout"
+    """The counter name (malformed_<reason>) of a malformed-cloud error: core.cloud_layout.MALFORMED_REASONS."""
+    return getattr(error, "reason", "bad_layout")
 
 
 def _stamp_ns(header: Header) -> int:
