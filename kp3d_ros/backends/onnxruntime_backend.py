@@ -49,7 +49,11 @@ class OnnxRuntimeBackend(Backend):
         self._max_batch = int(max_batch)
         self.threads = int(threads)
         self.providers = list(providers) if providers else default_providers()
-        self._session = self._make_session(path.read_bytes())
+        try:
+            self._session = self._make_session(path.read_bytes())
+        except Exception as error:  # ONNX Runtime's own types (InvalidProtobuf, InvalidArgument, Fail, ...)
+            detail = " ".join(str(error).split()) or type(error).__name__
+            raise ValueError(f"{path} is not a usable ONNX model: {detail}") from error
         meta = self._session.get_modelmeta().custom_metadata_map
         check_input_rule(meta, path)
         self.metadata = dict(meta)

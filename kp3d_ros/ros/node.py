@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import array
 import gc
+import os
+import re
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -348,21 +351,76 @@ def scene_flow_array(people: list) -> np.ndarray:
     return out
 
 
+def one_line(error: BaseException) -> str:
+    """'Type: message' on one line (ROS and ONNX Runtime messages carry newlines and C source locations)."""
+    text = " ".join(str(error).split())
+    text = re.sub(r"\s*(, at /\S+:\d+)+", "", text).strip()  # rcl's ", at /project/src/parse.c:835" trail
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def create_node(**node_kwargs: Any) -> Kp3dNode | None:
-    """The node, or None after printing why it cannot start (bad parameters, no model or backend)."""
+    """The node, or None after printing one line saying why it cannot start (bad parameters, a missing or
+    broken model, no backend, any other start-up fault)."""
     try:
         return Kp3dNode(**node_kwargs)
     except ParameterError as error:
-        print(f"{NODE_NAME}: invalid parameters: {error}", file=sys.stderr)
-    except (OSError, RuntimeError, ValueError, ImportError) as error:
-        print(f"{NODE_NAME}: cannot start the pipeline: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"{NODE_NAME}: invalid parameters: {' '.join(str(error).split())}", file=sys.stderr)
+    except Exception as error:  # any other start-up fault: one line, no traceback (backends have own types)
+        print(f"{NODE_NAME}: cannot start the pipeline: {one_line(error)}", file=sys.stderr)
+    return None
+
+
+def _params_files(argv: list[str]) -> list[str]:
+    """The files of every --params-file in the --ros-args sections of argv."""
+    files, in_ros, i = [], False, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--ros-args":
+            in_ros = True
+        elif arg == "--":
+            in_ros = False
+        elif in_ros and arg == "--params-file" and i + 1 < len(argv):
+            files.append(argv[i + 1])
+            i += 1
+        i += 1
+    return files
+
+
+def init_ros(argv: list[str]) -> str | None:
+    """rclpy.init(argv), or the reason it failed as one line (None on success).
+
+    A missing parameter file is named before rcl sees it. rcl logs its own error line to stderr before it
+    raises; that output is held back while rclpy initialises and printed only when initialisation succeeds.
+    """
+    for path in _params_files(argv):
+        if not os.path.isfile(path):
+            return f"parameter file not found: {path}"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            rclpy.init(args=argv)
+            error = None
+        except Exception as caught:  # rclpy raises RCLError (and others) for a bad params file or argument
+            error = caught
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        if error is not None:
+            return f"cannot initialise ROS: {one_line(error)}"
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console script `kp3d_node` (ROS arguments such as --ros-args --params-file FILE are honoured)."""
     use_large_message_profile()
-    rclpy.init(args=sys.argv if argv is None else argv)
+    failure = init_ros(sys.argv if argv is None else argv)
+    if failure is not None:
+        print(f"{NODE_NAME}: {failure}", file=sys.stderr)
+        return 1
     node = create_node()
     if node is None:
         rclpy.shutdown()
