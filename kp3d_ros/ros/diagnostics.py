@@ -13,6 +13,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
 WINDOW = 300  # frames kept for rates and latency percentiles
+RECENT_S = 5.0  # span of the rates and of "lost recently"
 
 
 class _Window:
@@ -39,6 +40,51 @@ class _Window:
         return float(median), float(p99)
 
 
+class StampGaps:
+    """Clouds lost before the subscription callback (in DDS, or never sent), estimated from header stamps.
+
+    The sensor period is the median of the last PERIOD_HISTORY stamp intervals. An interval of k periods
+    (k >= 1.5, rounded) means k - 1 clouds were lost. Estimates start after MIN_INTERVALS intervals. A
+    stamp that goes back, or jumps by more than MAX_PERIODS periods, is a restart or pause of the stream:
+    counted in ``restarts``, the history starts again. Repeated stamps are ignored. The estimate is right
+    while fewer than half the clouds are lost (the median then is the period).
+    """
+
+    PERIOD_HISTORY = 64
+    MIN_INTERVALS = 8
+    MAX_PERIODS = 50.0
+
+    def __init__(self) -> None:
+        self.last_ns: int | None = None
+        self.intervals: deque[int] = deque(maxlen=self.PERIOD_HISTORY)
+        self.lost = 0
+        self.restarts = 0
+
+    def period_ns(self) -> float:
+        """The median stamp interval, NaN before MIN_INTERVALS intervals."""
+        if len(self.intervals) < self.MIN_INTERVALS:
+            return float("nan")
+        return float(np.median(np.fromiter(self.intervals, dtype=np.float64)))
+
+    def add(self, stamp_ns: int) -> int:
+        """Take the next cloud's stamp; return how many clouds are missing just before it."""
+        last, self.last_ns = self.last_ns, stamp_ns
+        if last is None:
+            return 0
+        delta = stamp_ns - last
+        if delta == 0:
+            return 0
+        periods = delta / self.period_ns() if len(self.intervals) >= self.MIN_INTERVALS else 1.0
+        if delta < 0 or periods > self.MAX_PERIODS:
+            self.restarts += 1
+            self.intervals.clear()
+            return 0
+        self.intervals.append(delta)
+        lost = round(periods) - 1 if periods >= 1.5 else 0
+        self.lost += lost
+        return lost
+
+
 class NodeStats:
     """Thread-safe counters of the node (callbacks and the processing thread both write)."""
 
@@ -47,6 +93,8 @@ class NodeStats:
         self.received = 0
         self.processed = 0
         self.dropped = 0  # replaced by a newer cloud before processing
+        self.gaps = StampGaps()
+        self._lost_times: deque[tuple[float, int]] = deque()  # (monotonic s, clouds lost) of recent gaps
         self.malformed: Counter[str] = Counter()
         self.overlay_errors: Counter[str] = Counter()
         self.nonfinite_points = 0
@@ -57,10 +105,16 @@ class NodeStats:
         self._stages: dict[str, _Window] = {}
         self.frames: deque[tuple[int, float, int]] = deque(maxlen=WINDOW)  # (stamp_ns, end-to-end ms, people)
 
-    def on_input(self) -> None:
+    def on_input(self, stamp_ns: int | None = None) -> None:
+        """A cloud reached the callback; its header stamp (when given) feeds the lost-cloud estimate."""
         with self._lock:
             self.received += 1
-            self._input.add()
+            now = time.monotonic()
+            self._input.add(now=now)
+            if stamp_ns is not None:
+                lost = self.gaps.add(stamp_ns)
+                if lost:
+                    self._lost_times.append((now, lost))
 
     def on_dropped(self) -> None:
         with self._lock:
@@ -86,6 +140,12 @@ class NodeStats:
             for stage, ms in stages_ms.items():
                 self._stages.setdefault(stage, _Window()).add(float(ms))
 
+    def _lost_recently(self, now: float) -> int:
+        """Clouds lost before the callback in the last RECENT_S (caller holds the lock)."""
+        while self._lost_times and now - self._lost_times[0][0] > RECENT_S:
+            self._lost_times.popleft()
+        return sum(lost for _, lost in self._lost_times)
+
     def recent_frames(self) -> list[tuple[int, float, int]]:
         """(input stamp ns, end-to-end latency ms, people) of the last WINDOW processed clouds."""
         with self._lock:
@@ -102,6 +162,10 @@ class NodeStats:
                 "clouds_received": self.received,
                 "clouds_processed": self.processed,
                 "clouds_dropped_newer_arrived": self.dropped,
+                "clouds_lost_before_callback": self.gaps.lost,
+                "clouds_lost_recently": self._lost_recently(now),
+                "input_stamp_period_ms": self.gaps.period_ns() / 1e6,
+                "input_stamp_restarts": self.gaps.restarts,
                 "clouds_malformed": sum(self.malformed.values()),
                 "nonfinite_points_dropped": self.nonfinite_points,
                 "people": self.people_last,
@@ -126,11 +190,17 @@ def _format(value: Any) -> str:
 
 
 def diagnostic_array(stamp: Time, node_name: str, snapshot: dict[str, Any], extra: dict[str, Any]) -> DiagnosticArray:
-    """One DiagnosticStatus for the node: OK, or WARN when clouds arrive but none come out."""
+    """One DiagnosticStatus for the node: OK, or WARN when clouds arrive but none come out, or when clouds
+    were lost before the callback in the last RECENT_S."""
     values = {**snapshot, **extra}
     status = DiagnosticStatus(name=f"{node_name}: pipeline", hardware_id=node_name)
     if values["input_rate_hz"] > 0.0 and values["output_rate_hz"] == 0.0 and values["clouds_received"] > 2:
         status.level, status.message = DiagnosticStatus.WARN, "clouds arrive but none are processed"
+    elif values.get("clouds_lost_recently", 0) > 0:
+        status.level = DiagnosticStatus.WARN
+        status.message = (f"{values['clouds_lost_recently']} clouds lost before the callback in the last "
+                          f"{RECENT_S:.0f} s (stamp gaps); {values['output_rate_hz']:.1f} Hz, "
+                          f"{values['people']} people")
     else:
         status.level = DiagnosticStatus.OK
         status.message = f"{values['output_rate_hz']:.1f} Hz, {values['people']} people"

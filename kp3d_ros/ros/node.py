@@ -226,7 +226,7 @@ class Kp3dNode(Node):
 
     def _on_cloud(self, msg: PointCloud2) -> None:
         arrival = time.monotonic_ns()
-        self.stats.on_input()
+        self.stats.on_input(_stamp_ns(msg.header))
         with self._lock:
             if self._latest is not None:
                 self.stats.on_dropped()

@@ -64,6 +64,7 @@ def print_summary(node: Kp3dNode) -> None:
     stats = node.stats.snapshot()
     print(f"processed {stats['clouds_processed']} of {stats['clouds_received']} clouds "
           f"(dropped for a newer one: {stats['clouds_dropped_newer_arrived']}, "
+          f"lost before the callback: {stats['clouds_lost_before_callback']}, "
           f"malformed: {stats['clouds_malformed']}); "
           f"end-to-end latency median {stats['latency_end_to_end_median_ms']:.1f} ms, "
           f"p99 {stats['latency_end_to_end_p99_ms']:.1f} ms; backend {node.backend_name()}")
