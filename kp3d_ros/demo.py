@@ -1,9 +1,12 @@
 """`kp3d demo`: a synthetic scene bag played through the real ROS 2 node, scored against its ground truth.
 
-Steps: write a small synthetic bag (`kp3d synth-bag`, with camera), start kp3d_node, a bag replay and
-a collector in this process, play the bag once, then print per-frame end-to-end latency (cloud
-arrival -> markers published) and accuracy (MPJPE, PCK@10cm after matching people to the truth),
-and draw out/demo.png (top and side view: points, predicted skeletons, ground truth).
+Steps: write a small synthetic bag (`kp3d synth-bag`, with camera), start kp3d_node, a replay of the
+node's input topics and a collector of the node's outputs in this process, play the bag once, then
+print per-frame end-to-end latency (cloud arrival -> markers published) and accuracy (MPJPE, PCK@10cm
+after matching people to the truth), and draw out/demo.png (top and side view: points, predicted
+skeletons, ground truth). The ground truth and the points of the picture are read from the bag file
+(kp3d_ros.core.bagio), not received over ROS. The demo fails (exit 1) when the node processed fewer
+than MIN_PROCESSED of the bag's clouds.
 """
 
 from __future__ import annotations
@@ -24,15 +27,19 @@ from kp3d_ros.ros.dds import use_large_message_profile
 MATCH_DISTANCE = 1.0  # m, mean joint distance for a predicted person to count as a ground-truth person
 PCK_THRESHOLD = 0.10  # m
 POINTS_KEPT = 30000  # points per frame kept for the picture
+MIN_PROCESSED = 0.9  # share of the bag's clouds the node must process for the demo to pass
+POINTS_TOPIC = "/points"
+GT_TOPIC = "/kp3d/gt/keypoints"
+INPUT_TOPICS = (POINTS_TOPIC, "/camera/image_raw", "/camera/camera_info")  # what the node subscribes to
 
 
 @dataclass
 class Collected:
-    """What the collector node received, keyed by header stamp (ns)."""
+    """The node's outputs received over ROS (keyed by header stamp, ns) and the bag's ground truth."""
 
     predicted: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)
-    truth: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)
-    points: dict[int, np.ndarray] = field(default_factory=dict)
+    truth: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)  # read from the bag
+    points: dict[int, np.ndarray] = field(default_factory=dict)  # read from the bag, for the picture
     skeleton_stamps: list[int] = field(default_factory=list)
     overlay: np.ndarray | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -67,6 +74,26 @@ def frame_scores(collected: Collected, stamp: int) -> dict[str, float]:
             "pck": float(np.mean(errors < PCK_THRESHOLD)) if errors.size else float("nan"), "errors": errors}
 
 
+def scan_points(bag: Path, stamp: int, keep: int = POINTS_KEPT) -> np.ndarray:
+    """Up to `keep` points (a fixed random subset) of the bag's scan with this header stamp; empty if none."""
+    from kp3d_ros.core.bagio import iter_scans
+
+    for scan in iter_scans(bag, POINTS_TOPIC, on_error=lambda *_: None):
+        if scan.stamp_ns == stamp:
+            xyz = scan.points
+            if len(xyz) > keep:
+                xyz = xyz[np.random.default_rng(0).choice(len(xyz), keep, replace=False)]
+            return xyz
+    return np.zeros((0, 3), np.float32)
+
+
+def count_clouds(bag: Path) -> int:
+    """Messages on the bag's point cloud topic."""
+    from kp3d_ros.ros.replay import bag_connections
+
+    return sum(int(c.msgcount) for c in bag_connections(bag, [POINTS_TOPIC])[0])
+
+
 def make_bag(path: Path, people: int, seconds: float, seed: int, camera: bool = True) -> int:
     from kp3d_ros import cli
 
@@ -75,21 +102,24 @@ def make_bag(path: Path, people: int, seconds: float, seed: int, camera: bool = 
 
 
 def play_through_node(bag: Path, params: dict, rate: float, timeout_s: float = 120.0):
-    """Node + replay + collector in one process; returns (Collected, node stats snapshot, frames, backend)."""
+    """Node + replay of its inputs + collector of its outputs in one process.
+
+    Returns (Collected with the bag's ground truth, node stats snapshot, frames, backend).
+    """
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
     from sensor_msgs.msg import Image, PointCloud2
     from visualization_msgs.msg import MarkerArray
 
+    from kp3d_ros.core.bagio import read_keypoints
     from kp3d_ros.ros.overlay import image_to_rgb
-    from kp3d_ros.ros.pointcloud2 import cloud_to_array, cloud_to_xyz
+    from kp3d_ros.ros.pointcloud2 import cloud_to_array
     from kp3d_ros.ros.qos import output_qos
     from kp3d_ros.ros.replay import BagPlayer
     from kp3d_ros.ros.run import make_node, spin_until
 
-    collected = Collected()
-    rng = np.random.default_rng(0)
+    collected = Collected(truth=read_keypoints(bag, GT_TOPIC))
 
     def keypoints_into(target: dict):
         def callback(msg: PointCloud2) -> None:
@@ -97,13 +127,6 @@ def play_through_node(bag: Path, params: dict, rate: float, timeout_s: float = 1
             with collected.lock:
                 target[_stamp_ns(msg.header)] = layouts.people_from_keypoints(array, skeleton.NUM_JOINTS)
         return callback
-
-    def on_points(msg: PointCloud2) -> None:
-        xyz, _ = cloud_to_xyz(msg)
-        if len(xyz) > POINTS_KEPT:
-            xyz = xyz[rng.choice(len(xyz), POINTS_KEPT, replace=False)]
-        with collected.lock:
-            collected.points[_stamp_ns(msg.header)] = xyz
 
     def on_skeletons(msg: MarkerArray) -> None:
         if len(msg.markers) > 0:
@@ -127,12 +150,10 @@ def play_through_node(bag: Path, params: dict, rate: float, timeout_s: float = 1
         qos = output_qos(100)
         collector.create_subscription(MarkerArray, "/kp3d_node/skeletons", on_skeletons, qos)
         collector.create_subscription(PointCloud2, "/kp3d_node/keypoints", keypoints_into(collected.predicted), qos)
-        collector.create_subscription(PointCloud2, "/kp3d/gt/keypoints", keypoints_into(collected.truth), qos)
-        collector.create_subscription(PointCloud2, "/points", on_points, qos)
         collector.create_subscription(Image, "/kp3d_node/overlay", on_overlay, output_qos(2))
         for n in nodes:
             executor.add_node(n)
-        player = BagPlayer(replay, bag, rate=rate, start_delay=0.5)
+        player = BagPlayer(replay, bag, rate=rate, topics=INPUT_TOPICS, start_delay=0.5)
         spin_until(executor, lambda: all(p.get_subscription_count() > 0 for p in player.publishers.values()), 10.0)
         player.start()
         spin_until(executor, player.finished.is_set, timeout_s)
@@ -263,8 +284,11 @@ def main(args: argparse.Namespace) -> int:
     latencies = np.array([f[1] for f in frames])
     truth_people = sum(len(collected.truth.get(s, {})) for s, _, _ in frames)
     matched = sum(frame_scores(collected, s)["matched"] for s, _, _ in frames)
-    print(f"\nframes in bag {len(collected.truth)}, processed {stats['clouds_processed']}, "
-          f"dropped for a newer one {stats['clouds_dropped_newer_arrived']}, malformed {stats['clouds_malformed']}")
+    clouds = count_clouds(bag)
+    print(f"\nclouds in bag {clouds}, received {stats['clouds_received']}, processed {stats['clouds_processed']}, "
+          f"dropped for a newer one {stats['clouds_dropped_newer_arrived']}, "
+          f"lost before the callback {stats.get('clouds_lost_before_callback', 0)}, "
+          f"malformed {stats['clouds_malformed']}")
     if latencies.size:
         print(f"end-to-end latency (arrival -> markers): median {np.median(latencies):.1f} ms, "
               f"p99 {np.percentile(latencies, 99):.1f} ms, max {latencies.max():.1f} ms")
@@ -277,6 +301,7 @@ def main(args: argparse.Namespace) -> int:
               f"PCK@10cm {np.mean(errors < PCK_THRESHOLD):.2f}")
     if frames:
         best = max(frames, key=lambda f: (frame_scores(collected, f[0])["matched"], f[0]))[0]
+        collected.points[best] = scan_points(bag, best)
         picture = args.out / "demo.png"
         draw_picture(picture, collected, best,
                      f"kp3d demo, t = {(best - start_stamp) / 1e9:.1f} s: predicted skeletons (person's left blue, "
@@ -287,7 +312,10 @@ def main(args: argparse.Namespace) -> int:
 
         PilImage.fromarray(collected.overlay).save(args.out / "demo_overlay.png")
         print(f"camera overlay: {args.out / 'demo_overlay.png'}")
-    if not frames:
-        print("kp3d demo: the node processed no frames", file=sys.stderr)
+    processed = int(stats["clouds_processed"])
+    if processed < MIN_PROCESSED * clouds:
+        print(f"kp3d demo: FAILED: the node processed {processed} of {clouds} clouds "
+              f"({100 * processed / max(clouds, 1):.0f} %, at least {100 * MIN_PROCESSED:.0f} % needed)",
+              file=sys.stderr)
         return 1
     return 0

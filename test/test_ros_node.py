@@ -27,7 +27,7 @@ from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 from kp3d_ros import cli, layouts, skeleton  # noqa: E402
 from kp3d_ros.core.params import load_params  # noqa: E402
 from kp3d_ros.ros.pointcloud2 import array_to_cloud, cloud_to_array  # noqa: E402
-from kp3d_ros.ros.qos import output_qos  # noqa: E402
+from kp3d_ros.ros.qos import input_qos, output_qos  # noqa: E402
 from kp3d_ros.ros.replay import BagPlayer  # noqa: E402
 from kp3d_ros.ros.run import make_node  # noqa: E402
 
@@ -54,7 +54,8 @@ class Probe:
         qos = output_qos(200)
         self.node.create_subscription(MarkerArray, "/kp3d_node/skeletons", self._on_skeletons, qos)
         self.node.create_subscription(PointCloud2, "/kp3d_node/keypoints", self._keypoints_into(self.keypoints), qos)
-        self.node.create_subscription(PointCloud2, "/kp3d/gt/keypoints", self._keypoints_into(self.truth), qos)
+        self.node.create_subscription(PointCloud2, "/kp3d/gt/keypoints", self._keypoints_into(self.truth),
+                                      input_qos("best_effort", 200))  # the replay publishes sensor types best effort
         self.node.create_subscription(Image, "/kp3d_node/overlay", lambda m: self.overlays.append(m), qos)
         from diagnostic_msgs.msg import DiagnosticArray
 

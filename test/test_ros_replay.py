@@ -1,4 +1,5 @@
-"""Bag replay: raw CDR from rosbags to rclpy subscribers, original timing scaled by rate, /clock, loop."""
+"""Bag replay: raw CDR from rosbags to rclpy subscribers, original timing scaled by rate, /clock, loop, and each
+topic's QoS (recorded in the bag, else best effort for sensor data)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ rclpy = pytest.importorskip("rclpy")
 
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, ReliabilityPolicy  # noqa: E402
 from rclpy.serialization import serialize_message  # noqa: E402
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime  # noqa: E402
 from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
@@ -19,8 +22,8 @@ from std_msgs.msg import Header  # noqa: E402
 
 from kp3d_ros import layouts  # noqa: E402
 from kp3d_ros.ros.pointcloud2 import array_to_cloud, cloud_to_xyz  # noqa: E402
-from kp3d_ros.ros.qos import output_qos  # noqa: E402
-from kp3d_ros.ros.replay import BagPlayer, cli_main, message_class  # noqa: E402
+from kp3d_ros.ros.qos import input_qos, output_qos  # noqa: E402
+from kp3d_ros.ros.replay import DEFAULT_DEPTH, SENSOR_DEPTH, BagPlayer, cli_main, message_class  # noqa: E402
 from kp3d_ros.ros.run import spin_until  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -79,13 +82,15 @@ def test_replay_timing_rate_and_clock(ros, tmp_path, storage):
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         received.append((time.monotonic(), stamp, int(xyz[0, 0])))
 
-    sub = node.create_subscription(PointCloud2, "/points", on_cloud, output_qos(20))
+    sub = node.create_subscription(PointCloud2, "/points", on_cloud, input_qos("best_effort", 20))
     clock_sub = node.create_subscription(
         Clock, "/clock", lambda m: clocks.append(m.clock.sec * 1_000_000_000 + m.clock.nanosec), output_qos(20))
     player_node = Node("kp3d_test_player")
     executor.add_node(player_node)
     try:
         player = BagPlayer(player_node, bag, rate=2.0, clock=True)
+        assert player.qos_sources == {"/points": "sensor default"}  # no QoS recorded: sensor data, best effort
+        assert player.publishers["/points"].qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
         assert spin_until(executor, lambda: player.publishers["/points"].get_subscription_count() > 0
                           and player.clock_pub.get_subscription_count() > 0, 5.0)
         spin_until(executor, lambda: False, 0.3)
@@ -102,6 +107,48 @@ def test_replay_timing_rate_and_clock(ros, tmp_path, storage):
     span = received[-1][0] - received[0][0]
     assert 0.7 * (FRAMES - 1) * 0.05 <= span <= 0.35 + (FRAMES - 1) * 0.05  # 10 Hz at rate 2: 50 ms apart
     assert clocks[:FRAMES] == [START_NS + i * PERIOD_NS for i in range(FRAMES)]
+
+
+def _qos(reliability: QosReliability, durability: QosDurability = QosDurability.VOLATILE,
+         history: QosHistory = QosHistory.KEEP_LAST, depth: int = 7) -> Qos:
+    zero = QosTime(0, 0)
+    return Qos(history, depth, reliability, durability, zero, zero, QosLiveliness.AUTOMATIC, zero, False)
+
+
+def test_replay_publishes_with_the_recorded_qos_else_sensor_defaults(ros, tmp_path):
+    """Recorded profiles win (adapted as ros2 bag play does, never keep-all); without: best effort for sensor types."""
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    recorded = {
+        "/reliable": ("sensor_msgs/msg/PointCloud2", [_qos(QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL)]),
+        "/mixed": ("sensor_msgs/msg/PointCloud2", [_qos(QosReliability.RELIABLE), _qos(QosReliability.BEST_EFFORT)]),
+        "/keep_all": ("std_msgs/msg/String", [_qos(QosReliability.RELIABLE, history=QosHistory.KEEP_ALL, depth=0)]),
+        "/image": ("sensor_msgs/msg/Image", []),
+        "/info": ("sensor_msgs/msg/CameraInfo", []),
+        "/text": ("std_msgs/msg/String", []),
+    }
+    bag = tmp_path / "qos_bag"
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        for topic, (msgtype, profiles) in recorded.items():
+            for profile in profiles or [None]:  # /mixed: two recorded publishers, two connections
+                writer.add_connection(topic, msgtype, typestore=store, offered_qos_profiles=[p for p in [profile] if p])
+    player_node = Node("kp3d_test_qos_player")
+    try:
+        player = BagPlayer(player_node, bag)
+        qos = {topic: player.publishers[topic].qos_profile for topic in recorded}
+    finally:
+        player_node.destroy_node()
+    assert qos["/mixed"].reliability == ReliabilityPolicy.BEST_EFFORT  # one recorded publisher was best effort
+    assert player.qos_sources == {"/reliable": "recorded", "/mixed": "recorded", "/keep_all": "recorded",
+                                  "/image": "sensor default", "/info": "sensor default", "/text": "default"}
+    assert (qos["/reliable"].reliability, qos["/reliable"].durability, qos["/reliable"].depth) == (
+        ReliabilityPolicy.RELIABLE, DurabilityPolicy.TRANSIENT_LOCAL, 7)
+    assert all(q.history == HistoryPolicy.KEEP_LAST for q in qos.values())  # nothing can block the replay
+    assert qos["/keep_all"].reliability == ReliabilityPolicy.RELIABLE and qos["/keep_all"].depth == DEFAULT_DEPTH
+    for topic in ("/image", "/info"):
+        assert qos[topic].reliability == ReliabilityPolicy.BEST_EFFORT and qos[topic].depth == SENSOR_DEPTH
+    assert qos["/text"].reliability == ReliabilityPolicy.RELIABLE and qos["/text"].depth == DEFAULT_DEPTH
 
 
 def test_replay_loops_until_stopped(ros, tmp_path):

@@ -4,6 +4,11 @@ Messages are read with `rosbags` and published as the serialized CDR bytes they 
 (rclpy's Publisher.publish accepts bytes), so nothing is deserialized on the way. Optionally
 publishes /clock from the bag's time line for nodes running with use_sim_time.
 
+Each topic is published with the QoS recorded in the bag (the offered_qos_profiles of its connections,
+adapted as `ros2 bag play` does), else best effort for sensor data (PointCloud2, Image, CameraInfo) and
+reliable for anything else; always keep-last, so no reader, however slow, can block the replay's
+process (a reliable keep-all writer waits for its slowest reader).
+
 A bag of up to PRELOAD_BYTES is read into memory before playback starts: reading it during playback
 stalled every thread of the process now and then for 1 to 4 s (seen with the node in the same process:
 `kp3d run --bag`, `kp3d demo`), while playing from memory showed none.
@@ -23,6 +28,8 @@ from pathlib import Path
 import rclpy
 from rclpy.node import Node
 from rclpy.publisher import Publisher
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rosbags.interfaces import QosDurability, QosHistory, QosReliability
 from rosbags.rosbag2 import Reader, ReaderError
 from rosgraph_msgs.msg import Clock
 
@@ -30,9 +37,9 @@ from kp3d_ros.ros.dds import use_large_message_profile
 from kp3d_ros.ros.qos import output_qos
 
 PRELOAD_BYTES = 2 << 30  # bags up to 2 GiB on disk are played from memory
-GT_PREFIX = "/kp3d/gt/"
-GT_DEPTH = 100
-SENSOR_DEPTH = 5
+SENSOR_TYPES = frozenset({"sensor_msgs/msg/PointCloud2", "sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo"})
+SENSOR_DEPTH = 5  # keep-last depth of sensor topics without a recorded QoS (rclpy's qos_profile_sensor_data)
+DEFAULT_DEPTH = 10  # of other topics without one, and of a recorded keep-all or depth 0 (ros2 bag play's default)
 
 
 def message_class(type_name: str) -> type:
@@ -69,6 +76,29 @@ def bag_connections(bag: Path, topics: Sequence[str] | None = None) -> tuple[lis
     return connections, duration_s
 
 
+def replay_qos(connections: Sequence) -> tuple[QoSProfile, str]:
+    """(QoS to publish one topic with, where it came from: 'recorded', 'sensor default' or 'default').
+
+    From the profiles recorded for the topic's connections, as `ros2 bag play` adapts them: reliable
+    and transient-local only if every recorded publisher offered it. History is always keep-last (a
+    recorded keep-all or depth 0 becomes DEFAULT_DEPTH), so that a slow reader can never block publish().
+    """
+    offered = [q for c in connections for q in (getattr(getattr(c, "ext", None), "offered_qos_profiles", None) or [])]
+    if offered:
+        reliable = all(q.reliability == QosReliability.RELIABLE for q in offered)
+        transient = all(q.durability == QosDurability.TRANSIENT_LOCAL for q in offered)
+        depths = [int(q.depth) for q in offered if q.history != QosHistory.KEEP_ALL and int(q.depth) > 0]
+        return QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=max(depths) if len(depths) == len(offered) else DEFAULT_DEPTH,
+            reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL if transient else DurabilityPolicy.VOLATILE), "recorded"
+    if any(c.msgtype in SENSOR_TYPES for c in connections):
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=SENSOR_DEPTH,
+                          reliability=ReliabilityPolicy.BEST_EFFORT,
+                          durability=DurabilityPolicy.VOLATILE), "sensor default"
+    return output_qos(DEFAULT_DEPTH), "default"
+
+
 def bag_size(bag: Path) -> int:
     """Bytes on disk of a bag file or bag directory."""
     if bag.is_dir():
@@ -95,11 +125,11 @@ class BagPlayer:
         self._thread: threading.Thread | None = None
         self.connections, self.duration_s = bag_connections(self.bag, topics)
         self.publishers: dict[str, Publisher] = {}
+        self.qos_sources: dict[str, str] = {}  # topic -> 'recorded', 'sensor default' or 'default'
         for conn in self.connections:
             if conn.topic not in self.publishers:
-                depth = GT_DEPTH if conn.topic.startswith(GT_PREFIX) else SENSOR_DEPTH
-                self.publishers[conn.topic] = node.create_publisher(message_class(conn.msgtype), conn.topic,
-                                                                    output_qos(depth))
+                qos, self.qos_sources[conn.topic] = replay_qos([c for c in self.connections if c.topic == conn.topic])
+                self.publishers[conn.topic] = node.create_publisher(message_class(conn.msgtype), conn.topic, qos)
         self.clock_pub = node.create_publisher(Clock, "/clock", output_qos(1)) if clock else None
         self._preload = bag_size(self.bag) <= PRELOAD_BYTES
         self._messages: list[tuple[str, int, bytes]] | None = None  # (topic, stamp ns, CDR) once preloaded
@@ -200,8 +230,10 @@ def main(args: argparse.Namespace) -> int:
     node = Node("kp3d_replay")
     player = BagPlayer(node, args.bag, args.rate, args.loop, args.clock, args.topics, args.start_delay,
                        args.wait_for_subscribers)
-    print(f"replaying {args.bag} ({player.duration_s:.1f} s, topics {', '.join(player.topics())}) "
-          f"at rate {args.rate}{', looping' if args.loop else ''}")
+    print(f"replaying {args.bag} ({player.duration_s:.1f} s) at rate {args.rate}{', looping' if args.loop else ''}")
+    for topic in player.topics():
+        qos = player.publishers[topic].qos_profile
+        print(f"  {topic}: {qos.reliability.name.lower()}, keep last {qos.depth} ({player.qos_sources[topic]})")
     player.start()
     try:
         while not player.wait(0.2):
