@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +39,7 @@ class Collected:
     predicted: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)
     truth: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)  # read from the bag
     points: dict[int, np.ndarray] = field(default_factory=dict)  # read from the bag, for the picture
-    skeleton_stamps: list[int] = field(default_factory=list)
     overlay: np.ndarray | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _stamp_ns(header) -> int:
@@ -109,8 +106,8 @@ def play_through_node(bag: Path, params: dict, rate: float, timeout_s: float = 1
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
+    from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image, PointCloud2
-    from visualization_msgs.msg import MarkerArray
 
     from kp3d_ros.core.bagio import read_keypoints
     from kp3d_ros.ros.overlay import image_to_rgb
@@ -121,20 +118,14 @@ def play_through_node(bag: Path, params: dict, rate: float, timeout_s: float = 1
 
     collected = Collected(truth=read_keypoints(bag, GT_TOPIC))
 
-    def keypoints_into(target: dict):
-        def callback(msg: PointCloud2) -> None:
-            array = np.asarray(cloud_to_array(msg)).astype(layouts.KEYPOINTS)
-            with collected.lock:
-                target[_stamp_ns(msg.header)] = layouts.people_from_keypoints(array, skeleton.NUM_JOINTS)
-        return callback
+    raw_keypoints: list[bytes] = []  # the node's ~/keypoints, deserialized after the run
+    raw_overlay: list[bytes] = []  # its newest ~/overlay
 
-    def on_skeletons(msg: MarkerArray) -> None:
-        if len(msg.markers) > 0:
-            with collected.lock:
-                collected.skeleton_stamps.append(_stamp_ns(msg.markers[0].header))
+    def on_keypoints(data: bytes) -> None:
+        raw_keypoints.append(data)
 
-    def on_overlay(msg: Image) -> None:
-        collected.overlay = image_to_rgb(msg)
+    def on_overlay(data: bytes) -> None:
+        raw_overlay[:] = [data]
 
     use_large_message_profile()
     rclpy.init()
@@ -148,9 +139,10 @@ def play_through_node(bag: Path, params: dict, rate: float, timeout_s: float = 1
         replay = Node("kp3d_demo_replay")
         nodes += [node, collector, replay]
         qos = output_qos(100)
-        collector.create_subscription(MarkerArray, "/kp3d_node/skeletons", on_skeletons, qos)
-        collector.create_subscription(PointCloud2, "/kp3d_node/keypoints", keypoints_into(collected.predicted), qos)
-        collector.create_subscription(Image, "/kp3d_node/overlay", on_overlay, output_qos(2))
+        # raw: the callbacks only keep the bytes, so that nothing in this process competes with the node for the
+        # interpreter while the bag plays (deserializing every overlay image cost the node frames)
+        collector.create_subscription(PointCloud2, "/kp3d_node/keypoints", on_keypoints, qos, raw=True)
+        collector.create_subscription(Image, "/kp3d_node/overlay", on_overlay, output_qos(2), raw=True)
         for n in nodes:
             executor.add_node(n)
         player = BagPlayer(replay, bag, rate=rate, topics=INPUT_TOPICS, start_delay=0.5)
@@ -166,7 +158,7 @@ def play_through_node(bag: Path, params: dict, rate: float, timeout_s: float = 1
             return time.monotonic() - idle["since"] > 0.5
 
         spin_until(executor, settled, 10.0)
-        return collected, node.stats.snapshot(), node.stats.recent_frames(), node.backend_name()
+        stats, frames, backend = node.stats.snapshot(), node.stats.recent_frames(), node.backend_name()
     finally:
         for n in nodes:
             executor.remove_node(n)
@@ -175,6 +167,13 @@ def play_through_node(bag: Path, params: dict, rate: float, timeout_s: float = 1
             n.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+    for data in raw_keypoints:
+        msg = deserialize_message(data, PointCloud2)
+        array = np.asarray(cloud_to_array(msg)).astype(layouts.KEYPOINTS)
+        collected.predicted[_stamp_ns(msg.header)] = layouts.people_from_keypoints(array, skeleton.NUM_JOINTS)
+    if raw_overlay:
+        collected.overlay = image_to_rgb(deserialize_message(raw_overlay[0], Image))
+    return collected, stats, frames, backend
 
 
 def _draw_view(ax, points: np.ndarray, predicted: dict, truth: dict, axes: tuple[int, int], title: str,
