@@ -22,6 +22,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 from kp3d_ros import layouts  # noqa: E402
 from kp3d_ros.core.params import load_params  # noqa: E402
@@ -50,7 +51,7 @@ def ros():
         spinner = threading.Thread(target=lambda: [executor.spin_once(0.05) for _ in iter(stop.is_set, True)],
                                    daemon=True)
         spinner.start()
-        assert _wait(lambda: points.get_subscription_count() > 0)
+        assert wait_until(lambda: points.get_subscription_count() > 0)
         yield node, probe, points, diagnostics
         stop.set()
         spinner.join(5)
@@ -61,13 +62,6 @@ def ros():
         rclpy.try_shutdown()
 
 
-def _wait(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def _scan(stamp_ns: int, count: int = 2000, seed: int = 0) -> np.ndarray:
@@ -91,7 +85,7 @@ def _cloud(stamp_ns: int, points: np.ndarray | None = None) -> PointCloud2:
 def _diagnostics(node, diagnostics: list) -> tuple[DiagnosticStatus, dict[str, str]]:
     count = len(diagnostics)
     node.publish_diagnostics()
-    assert _wait(lambda: len(diagnostics) > count)
+    assert wait_until(lambda: len(diagnostics) > count)
     status = diagnostics[-1].status[0]
     return status, {kv.key: kv.value for kv in status.values}
 
@@ -108,7 +102,7 @@ def test_clouds_lost_before_the_callback_are_counted_from_stamp_gaps(ros):
         cloud.header.stamp.sec, cloud.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
         points.publish(cloud)
         time.sleep(0.04)  # slower than the callback takes them: DDS itself should lose none here
-    assert _wait(lambda: node.stats.received - received == len(steps), 5.0)
+    assert wait_until(lambda: node.stats.received - received == len(steps), 5.0)
     missing = len(steps) - (node.stats.received - received)  # any real DDS loss shows as one more gap
     assert node.stats.gaps.lost - lost == 4 + missing
     status, values = _diagnostics(node, diagnostics)
@@ -140,7 +134,7 @@ def test_each_malformed_kind_is_counted_under_its_reason(ros):
     for reason, msg in expected.items():
         before, processed = node.stats.malformed[reason], node.stats.processed
         points.publish(msg)
-        assert _wait(lambda r=reason, b=before: node.stats.malformed[r] == b + 1), reason
+        assert wait_until(lambda r=reason, b=before: node.stats.malformed[r] == b + 1), reason
         assert node.stats.processed == processed, reason
     # the same scan sent correctly as big-endian data is processed
     big = _scan(0)
@@ -153,7 +147,7 @@ def test_each_malformed_kind_is_counted_under_its_reason(ros):
     good.data = big.tobytes()
     processed = node.stats.processed
     points.publish(good)
-    assert _wait(lambda: node.stats.processed == processed + 1)
+    assert wait_until(lambda: node.stats.processed == processed + 1)
     _, values = _diagnostics(node, diagnostics)
     for reason in expected:
         assert int(values[f"malformed_{reason}"]) == 1, reason
@@ -162,7 +156,7 @@ def test_each_malformed_kind_is_counted_under_its_reason(ros):
 
 def _set_remotely(client: AsyncParameterClient, parameter: Parameter) -> tuple[bool, str]:
     future = client.set_parameters([parameter])
-    assert _wait(future.done, 10.0), "no answer from the node's parameter service"
+    assert wait_until(future.done, 10.0), "no answer from the node's parameter service"
     result = future.result().results[0]
     return result.successful, result.reason
 

@@ -23,6 +23,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 from kp3d_ros import cli, layouts, skeleton  # noqa: E402
 from kp3d_ros.core.params import load_params  # noqa: E402
@@ -118,13 +119,6 @@ def ros():
         rclpy.try_shutdown()
 
 
-def _wait(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def _idle(node, quiet_s: float = 0.5, timeout: float = 20.0) -> None:
@@ -132,7 +126,7 @@ def _idle(node, quiet_s: float = 0.5, timeout: float = 20.0) -> None:
     def done() -> bool:
         stats = node.stats
         return stats.received == stats.processed + stats.dropped + sum(stats.malformed.values())
-    assert _wait(done, timeout)
+    assert wait_until(done, timeout)
     time.sleep(quiet_s)
 
 
@@ -143,7 +137,7 @@ def test_bag_through_node_gives_skeletons_near_truth(ros, bag):
     # must not cost the test its skeletons (node latency is measured by benchmarks/node_soak.py)
     player = BagPlayer(player_node, bag, rate=0.5, clock=True, topics=topics, start_delay=0.3)
     assert player.topics() == sorted(topics)
-    assert _wait(lambda: all(p.get_subscription_count() > 0 for p in player.publishers.values()))
+    assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in player.publishers.values()))
     player.start()
     assert player.wait(30)
     _idle(node)
@@ -204,7 +198,7 @@ def _xyz_cloud(stamp_sec: int, count: int = 3000, seed: int = 0) -> PointCloud2:
 
 
 def _connected(probe) -> None:
-    assert _wait(lambda: probe.points.get_subscription_count() > 0 and probe.image.get_subscription_count() > 0)
+    assert wait_until(lambda: probe.points.get_subscription_count() > 0 and probe.image.get_subscription_count() > 0)
 
 
 def test_malformed_clouds_are_counted_and_node_keeps_running(ros):
@@ -230,11 +224,11 @@ def test_malformed_clouds_are_counted_and_node_keeps_running(ros):
     for reason, msg in expected.items():
         before = node.stats.malformed[reason]
         probe.points.publish(msg)
-        assert _wait(lambda r=reason, b=before: node.stats.malformed[r] == b + 1), reason
+        assert wait_until(lambda r=reason, b=before: node.stats.malformed[r] == b + 1), reason
     # the node is still alive: a good cloud is processed
     processed = node.stats.processed
     probe.points.publish(good)
-    assert _wait(lambda: node.stats.processed == processed + 1)
+    assert wait_until(lambda: node.stats.processed == processed + 1)
     # unsupported image encoding: counted, overlay skipped, node alive
     before = node.stats.overlay_errors["unsupported_encoding"]
     image = Image(header=Header(frame_id="camera"), width=4, height=2, encoding="yuv422", step=8)
@@ -242,14 +236,14 @@ def test_malformed_clouds_are_counted_and_node_keeps_running(ros):
     info = CameraInfo(width=4, height=2, k=[2.0, 0.0, 2.0, 0.0, 2.0, 1.0, 0.0, 0.0, 1.0])
     probe.camera_info.publish(info)
     probe.image.publish(image)
-    assert _wait(lambda: node._image is not None and node._image.encoding == "yuv422")
-    assert _wait(lambda: node._camera_info is not None)
+    assert wait_until(lambda: node._image is not None and node._image.encoding == "yuv422")
+    assert wait_until(lambda: node._camera_info is not None)
     probe.points.publish(_xyz_cloud(1006))
-    assert _wait(lambda: node.stats.overlay_errors["unsupported_encoding"] > before)
+    assert wait_until(lambda: node.stats.overlay_errors["unsupported_encoding"] > before)
     # every counter is in /diagnostics
     count = len(probe.diagnostics)
     node.publish_diagnostics()
-    assert _wait(lambda: len(probe.diagnostics) > count)
+    assert wait_until(lambda: len(probe.diagnostics) > count)
     values = {kv.key: kv.value for kv in probe.diagnostics[-1].status[0].values}
     for reason in expected:
         assert int(values[f"malformed_{reason}"]) >= 1
@@ -320,7 +314,8 @@ def test_adaptation_state_in_diagnostics(ros):
     try:
         count = len(probe.diagnostics)
         node.publish_diagnostics()
-        assert _wait(lambda: any(m.status[0].name == "/adapt/kp3d_node: pipeline" for m in probe.diagnostics[count:]))
+        assert wait_until(lambda: any(m.status[0].name == "/adapt/kp3d_node: pipeline"
+                                      for m in probe.diagnostics[count:]))
         message = next(m for m in probe.diagnostics[count:] if m.status[0].name.startswith("/adapt/"))
         values = {kv.key: kv.value for kv in message.status[0].values}
         assert values["adaptation_running"] == "True" and "adaptation_steps" in values
