@@ -176,8 +176,9 @@ def cast(scene_meshes: list[Mesh], preset: LidarPreset, sensor: float | np.ndarr
     offset = rng.uniform(0.0, np.deg2rad(preset.azimuth_resolution_deg))
     dirs, beams = ray_directions(preset, azimuth_grid(preset, azimuth_window, offset))
     footprint = effects.divergence_mrad > 0
-    cast_dirs = _footprint_rays(dirs, 0.5e-3 * effects.divergence_mrad).reshape(-1, 3) if footprint else dirs
-    world_dirs = cast_dirs @ pose[:3, :3].T
+    beam_dirs = dirs @ pose[:3, :3].T  # world frame
+    world_dirs = (_footprint_rays(dirs, 0.5e-3 * effects.divergence_mrad).reshape(-1, 3) @ pose[:3, :3].T
+                  if footprint else beam_dirs)
     rays = np.concatenate([np.broadcast_to(pose[:3, 3], world_dirs.shape), world_dirs], 1).astype(np.float32)
     result = {k: v.numpy() for k, v in scene.cast_rays(o3d.core.Tensor(rays)).items()}
     t_hit, mesh_id = result["t_hit"], result["geometry_ids"].astype(np.int64)
@@ -192,7 +193,7 @@ def cast(scene_meshes: list[Mesh], preset: LidarPreset, sensor: float | np.ndarr
     if effects.range_dropout > 0:
         drop = drop + effects.range_dropout * np.minimum(np.nan_to_num(t_hit, posinf=50.0) / 50.0, 1.0) ** 2
     if effects.incidence_dropout > 0:
-        cos = np.abs(np.einsum("ri,ri->r", normal, dirs @ pose[:3, :3].T))
+        cos = np.abs(np.einsum("ri,ri->r", normal, beam_dirs))
         drop = drop + effects.incidence_dropout * (1.0 - np.nan_to_num(cos, nan=1.0)) ** 2
     if noise and np.any(drop > 0):
         keep &= rng.random(len(keep)) >= drop
@@ -215,9 +216,9 @@ def _resolve_footprints(t_hit: np.ndarray, mesh_id: np.ndarray, triangle: np.nda
                         normal: np.ndarray, effects: SensorEffects, rng: np.random.Generator):
     """One return per beam from its footprint's rays (R, K): the nearest hit, or a mixed return."""
     rows = np.arange(len(t_hit))
-    nearest = np.argmin(np.where(np.isfinite(t_hit), t_hit, np.inf), axis=1)
-    t_near = t_hit[rows, nearest]
     hit = np.isfinite(t_hit)
+    nearest = np.argmin(np.where(hit, t_hit, np.inf), axis=1)
+    t_near = t_hit[rows, nearest]
     far = np.where(hit, t_hit, -np.inf).max(1)
     spans = hit.any(1) & (far - t_near > effects.mixed_min_gap)
     mixed = spans & (rng.random(len(t_hit)) < effects.mixed_probability)

@@ -31,8 +31,8 @@ STATIONARY_ACTIONS = ("stand", "wave", "turn", "bend", "crouch")
 # Actions of the people after the crossing pair, in order; then drawn from ACTION_MIX.
 SCRIPTED_ACTIONS = ("walk", "wave", "turn", "stand")
 ACTION_MIX = {"walk": 0.6, "stand": 0.1, "wave": 0.1, "turn": 0.1, "bend": 0.05, "crouch": 0.05}
-# Poses that people off the road hold (kp3d_ros.synth.poses), for scenes with a pose_share; jumpers jump on the spot.
 ADULTS = {"age": (0.55, 1.0)}  # the phenotype range of a scene's adults
+# Poses that people off the road hold (kp3d_ros.synth.poses), for scenes with a pose_share; jumpers jump on the spot.
 SCENE_FAMILIES = ("squat", "kneel", "sit_ground", "bend", "lie", "crawl", "reach", "jump")
 CAMERA_HALF_FOV = np.deg2rad(30.0)  # the crossing happens in front of the sensor, where the camera looks
 
