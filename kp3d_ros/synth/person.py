@@ -250,7 +250,7 @@ def render_person(bm: BodyModel, rng: np.random.Generator, config: DomainConfig,
     verts = (verts @ transform[:3, :3].T + transform[:3, 3]).astype(np.float32)
     joints = (body_joints @ transform[:3, :3].T + transform[:3, 3]).astype(np.float32)
 
-    visible = front_faces(verts, bm.faces, np.array([0.0, 0.0, height]))
+    visible = None if negative else front_faces(verts, bm.faces, np.array([0.0, 0.0, height]))
     meshes: list[Mesh] = [] if negative else [(verts, bm.faces[visible])]
     half = CROP_RADIUS + 0.5
     meshes.append(ground_quad((target[0] - half, target[0] + half), (target[1] - half, target[1] + half)))
@@ -284,7 +284,7 @@ def render_person(bm: BodyModel, rng: np.random.Generator, config: DomainConfig,
     centre = target
     keep = crop_indices(points, centre, -height - GROUND_MARGIN)
     is_body = is_hit_body[keep]
-    triangles = visible[np.where(is_body, hits.triangle_id[keep], 0)] if not negative else np.zeros(len(keep), int)
+    triangles = np.zeros(len(keep), int) if visible is None else visible[np.where(is_body, hits.triangle_id[keep], 0)]
     parts = np.where(is_body, bm.face_parts[triangles], BACKGROUND).astype(np.int64)
     joints_sensor = joints - np.array([0.0, 0.0, height], dtype=np.float32)
     if negative:
