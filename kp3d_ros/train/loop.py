@@ -7,6 +7,10 @@ optimizer state, for ``--resume``) and ``best.pt`` (lowest validation ``monitor`
 decays over whichever ends first, the steps or the budget. With ``ema_decay`` > 0 the model that is
 validated, saved and left in ``model`` at the end is an exponential moving average of the trained weights
 (the trained weights travel in ``last.pt`` too, for ``--resume``).
+
+Under torchrun (``ranks`` distributed) every rank runs the same steps in lockstep: rank 0's clock decides
+the learning rate and the deadline, the epoch's training scalars are averaged over the ranks, and only
+rank 0 logs, shows progress and writes the CSV and the checkpoints; every rank restores ``last.pt``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from kp3d_ros.model.checkpoint import load_payload, save_checkpoint
+from kp3d_ros.train.distributed import SINGLE, Ranks
 
 
 def cosine_lr(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0, min_ratio: float = 0.02,
@@ -128,20 +133,30 @@ def _restore(path: Path, model, optimizer, average: WeightAverage | None) -> tup
             float(payload.get("wall_s", 0.0)))
 
 
+def _mean_over_ranks(sums: dict[str, float], ranks: Ranks) -> dict[str, float]:
+    if not ranks.distributed:
+        return sums
+    keys = sorted(sums)
+    return {k: v / ranks.world_size for k, v in zip(keys, ranks.summed([sums[k] for k in keys]), strict=True)}
+
+
 def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: FitConfig,
         train_batches: Callable[[int], Iterable], train_step: Callable[[object], dict[str, float]],
         validate: Callable[[], dict[str, float]], meta: dict | None = None,
-        log: Callable[[str], None] = print) -> FitResult:
+        log: Callable[[str], None] = print, ranks: Ranks = SINGLE) -> FitResult:
     """Train `model`; `train_batches(epoch)` yields batches for `train_step(batch) -> {name: float}`
     (it runs forward, backward and returns scalars; fit zeroes grads, clips and steps the optimizer);
-    `validate()` returns validation scalars including `config.monitor`."""
+    `validate()` returns validation scalars including `config.monitor`. Distributed, `train_step` runs its
+    forward passes through `ranks.wrap(model)` and every rank's `validate()` returns the same values."""
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     last, best_path = out / "last.pt", out / "best.pt"
-    csv_log = CsvLog(out / "log.csv")
+    log = ranks.log(log)
+    if ranks.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        csv_log = CsvLog(out / "log.csv")
     epoch, step, best, wall_before = 0, 0, math.inf, 0.0
     average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
-    if config.resume and last.is_file():
+    if config.resume and ranks.from_main([float(last.is_file())])[0]:
         epoch, step, best, wall_before = _restore(last, model, optimizer, average)
         log(f"resumed from {last}: epoch {epoch}, step {step}, best {config.monitor} {best:.4f}")
     total_steps = config.epochs * config.steps_per_epoch
@@ -154,9 +169,10 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: FitCon
         sums: dict[str, float] = {}
         n = 0
         bar = tqdm(train_batches(epoch), total=config.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                   mininterval=5.0, leave=False)
+                   mininterval=5.0, leave=False, disable=not ranks.is_main)
         for batch in bar:
             used = (wall_before + time.time() - start) / config.time_budget_s if config.time_budget_s else 0.0
+            used = ranks.from_main([used])[0]
             lr = cosine_lr(step, total_steps, config.lr, config.warmup_steps, time_fraction=used)
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
@@ -170,16 +186,21 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: FitCon
             for k, v in scalars.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             bar.set_postfix({k: f"{v / n:.4f}" for k, v in sums.items()} | {"lr": f"{lr:.2e}"}, refresh=False)
-            if deadline is not None and time.time() > deadline:
+            if deadline is not None and ranks.from_main([float(time.time() > deadline)])[0]:
                 stopped = True
                 break
         bar.close()
+        sums = _mean_over_ranks(sums, ranks)
         epoch += 1
         model.eval()
         with average.applied(model) if average is not None else contextlib.nullcontext() as trained:
             with torch.no_grad():
                 val = validate()
             wall = wall_before + time.time() - start
+            improved = val.get(config.monitor, math.inf) < best
+            best = float(val[config.monitor]) if improved else best
+            if not ranks.is_main:
+                continue
             row = {"epoch": epoch, "step": step, "wall_s": round(wall, 1), "lr": optimizer.param_groups[0]["lr"]}
             row |= {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
             row |= val
@@ -188,8 +209,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: FitCon
             extra = {"optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "wall_s": wall}
             if trained is not None:
                 extra |= {"trained_state_dict": trained, "ema_updates": average.updates}
-            if val.get(config.monitor, math.inf) < best:
-                best = float(val[config.monitor])
+            if improved:
                 save_checkpoint(best_path, model, (meta or {}) | {"epoch": epoch, config.monitor: best})
             save_checkpoint(last, model, meta, best=best, **extra)
     if average is not None:  # the caller (and a following round) gets the averaged model

@@ -4,6 +4,10 @@ Loss: L_syn = w_kp * L_kp + w_seg * L_seg (0.5 and 1.0), L_kp the mean L2 distan
 and true joints (metres), L_seg the per-point cross-entropy. AdamW with cosine decay; each training
 sample gets the data set's augmentations (kp3d_ros.synth.augment, random yaw included) before
 resampling to N points.
+
+Under torchrun each global batch of train.batch_size samples is split across the ranks
+(train.sample_seeding: each sample seeded on its own, so the split does not change the samples) and
+DistributedDataParallel averages the gradients.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from kp3d_ros.model.network import KeypointNet, build_model, count_parameters
 from kp3d_ros.model.preprocess import SCALE, crop_frame, sample_indices, to_crop_frame
 from kp3d_ros.train.config import load_config as load_yaml_config
 from kp3d_ros.train.config import merge
+from kp3d_ros.train.distributed import SINGLE, Ranks, process_group
 from kp3d_ros.train.loop import FitConfig, fit
 
 DEFAULTS: dict = {
@@ -34,7 +39,10 @@ DEFAULTS: dict = {
     "extra_train": [],  # more training split directories, mixed in with DATA/train (their sizes set the shares)
     "model": {"dim": 64, "depth": 3, "heads": 4, "mlp_ratio": 2},
     "train": {"epochs": 20, "steps_per_epoch": 250, "batch_size": 32, "lr": 2.0e-3, "weight_decay": 0.05,
-              "warmup_steps": 200, "w_kp": 0.5, "w_seg": 1.0, "max_minutes": 45.0, "grad_clip": 1.0},
+              "warmup_steps": 200, "w_kp": 0.5, "w_seg": 1.0, "max_minutes": 45.0, "grad_clip": 1.0,
+              # stream: one random stream through the epoch (one process only); per_sample: each sample
+              # seeded on its own, which any number of ranks split alike; auto: stream in one process
+              "sample_seeding": "auto"},
     "val": {"max_samples": 1024, "batch_size": 64},
     "augment": {},  # kp3d_ros.synth.augment.AugmentConfig fields (its defaults where missing)
     "sensor_augment": {"thin_scan_lines": 0.0},  # probability, spacing_deg, tolerance_deg (thin_scan_lines)
@@ -146,6 +154,51 @@ def training_batches(dataset, cfg: dict, epoch: int, augmenter=None) -> Iterator
             yield collate(examples)
 
 
+def split_batches(dataset, cfg: dict, epoch: int, augmenter=None, ranks: Ranks = SINGLE
+                  ) -> Iterator[tuple[torch.Tensor, ...]]:
+    """`steps_per_epoch` batches of this rank's slice of each global batch of train.batch_size samples.
+    Position p of the epoch (step * batch_size + slot) reads the sample at p of a permutation of the
+    pool (a new one each time the pool is used up) and is augmented with default_rng([seed, epoch, p]),
+    so the ranks together see exactly the samples one process sees; rank r takes the r-th contiguous
+    slice of every batch."""
+    tcfg = cfg["train"]
+    batch_size = int(tcfg["batch_size"])
+    if batch_size % ranks.world_size:
+        raise ValueError(f"train.batch_size {batch_size} is not a multiple of the {ranks.world_size} processes")
+    per_rank = batch_size // ranks.world_size
+    pool = ranks.gathered(available_indices(dataset))[0]  # rank 0's view of a split still being written
+    orders: dict[int, np.ndarray] = {}
+    for step in range(tcfg["steps_per_epoch"]):
+        examples = []
+        for slot in range(ranks.rank * per_rank, (ranks.rank + 1) * per_rank):
+            position = step * batch_size + slot
+            cycle, offset = divmod(position, len(pool))
+            if cycle not in orders:
+                orders = {cycle: np.random.default_rng([cfg["seed"], epoch, cycle]).permutation(pool)}
+            rng = np.random.default_rng([cfg["seed"], epoch, position])
+            sample = dataset[int(orders[cycle][offset])]
+            sample = augmenter(sample, rng) if augmenter else sample
+            if len(sample["points"]):
+                examples.append(to_example(sample, cfg["num_points"], rng))
+        if not examples:  # every rank must take each step together
+            raise ValueError(f"rank {ranks.rank}: every sample of step {step} of epoch {epoch} is empty")
+        yield collate(examples)
+
+
+def batch_source(dataset, cfg: dict, augmenter, ranks: Ranks) -> Callable[[int], Iterator]:
+    """epoch -> training batches, as train.sample_seeding says (auto: stream in one process)."""
+    seeding = cfg["train"].get("sample_seeding", "auto")
+    if seeding == "auto":
+        seeding = "per_sample" if ranks.distributed else "stream"
+    if seeding == "per_sample":
+        return lambda epoch: split_batches(dataset, cfg, epoch, augmenter, ranks)
+    if seeding != "stream":
+        raise ValueError(f"train.sample_seeding must be auto, stream or per_sample, got {seeding!r}")
+    if ranks.distributed:
+        raise ValueError("train.sample_seeding stream runs in one process; use per_sample (or auto) under torchrun")
+    return lambda epoch: training_batches(dataset, cfg, epoch, augmenter)
+
+
 def fixed_batches(dataset, num_points: int, max_samples: int, batch_size: int, seed: int = 1234) -> list:
     """Deterministic, unaugmented batches (validation), with per-sample point counts."""
     rng = np.random.default_rng(seed)
@@ -201,7 +254,7 @@ def open_split(root: Path, split: str):
     return ShardedDataset(path, cache_shards=1 << 20)  # keep every shard once read (a few hundred MB)
 
 
-def run(cfg: dict, resume: bool = False, log=print) -> dict:
+def run(cfg: dict, resume: bool = False, log=print, ranks: Ranks = SINGLE) -> dict:
     torch.set_num_threads(int(cfg["threads"]))
     torch.manual_seed(cfg["seed"])
     root = Path(cfg["data"])
@@ -220,9 +273,13 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     val_batches = fixed_batches(val_set, cfg["num_points"], cfg["val"]["max_samples"], cfg["val"]["batch_size"])
     augmenter = make_augmenter(cfg["augment"], cfg.get("sensor_augment"))
+    batches = batch_source(train_set, cfg, augmenter, ranks)
+    net = ranks.wrap(model)
+    if ranks.distributed:
+        log(f"torchrun: {ranks.world_size} processes, {tcfg['batch_size'] // ranks.world_size} samples each per step")
 
     def step(batch) -> dict[str, float]:
-        out = stage1_losses(model, *batch, tcfg["w_kp"], tcfg["w_seg"])
+        out = stage1_losses(net, *batch, tcfg["w_kp"], tcfg["w_seg"])
         out["loss"].backward()
         return {"loss": out["loss"].item(), "l_kp": out["l_kp"].item(), "l_seg": out["l_seg"].item()}
 
@@ -232,8 +289,8 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
                         time_budget_s=budget, grad_clip=tcfg["grad_clip"], resume=resume)
     meta = default_meta(cfg["num_points"]) | {"stage": "stage1", "train_samples": len(train_set),
                                               "data": str(root), "extra_train": ",".join(cfg.get("extra_train", []))}
-    result = fit(model, optimizer, fit_cfg, lambda e: training_batches(train_set, cfg, e, augmenter), step,
-                 lambda: validation(model, val_batches, tcfg["w_kp"], tcfg["w_seg"]), meta, log)
+    result = fit(model, optimizer, fit_cfg, batches, step,
+                 lambda: validation(model, val_batches, tcfg["w_kp"], tcfg["w_seg"]), meta, log, ranks)
     log(f"done: {result}")
     return {"result": result, "out": cfg["out"]}
 
@@ -271,7 +328,8 @@ def main(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in given.items() if v is not None}
     cfg["train"] = cfg["train"] | overrides
     try:
-        run(cfg, resume=args.resume)
+        with process_group() as ranks:
+            run(cfg, resume=args.resume, log=ranks.log(print), ranks=ranks)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}")
         return 1

@@ -10,6 +10,11 @@ data only, the true flow ("truth": an oracle ablation). Loss: losses.stage2_loss
 weights; segmentation pseudo-labels from the frozen initial model ("confident") or the nearest predicted
 limb ("nearest_limb"). Validation: the unsupervised loss on held-out pairs (monitored) and, where
 labels exist, MPJPE (reported only, never used for selection).
+
+Under torchrun each rank extracts the pairs of its share of the sequences or bags (kp3d_ros.sharding),
+holds out its own validation tracks, draws its train.batch_size / world_size pairs per step from its own
+tracks and its own labelled source batches, and DistributedDataParallel averages the gradients; the
+validation losses are averaged over the ranks. Rank 0 alone calibrates, evaluates and writes.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ from kp3d_ros.core.flow import FlowEstimator
 from kp3d_ros.model.calibration import matched_scale
 from kp3d_ros.model.checkpoint import load_model, load_payload, save_checkpoint, write_payload
 from kp3d_ros.model.preprocess import SCALE, prepare_batch, restore_keypoints
+from kp3d_ros.sharding import read_manifest, share
 from kp3d_ros.skeleton import BONE_NAMES
 from kp3d_ros.train import stage1
 from kp3d_ros.train.config import load_config as load_yaml_config
 from kp3d_ros.train.config import merge
+from kp3d_ros.train.distributed import SINGLE, Ranks, process_group
 from kp3d_ros.train.loop import FitConfig, fit
 from kp3d_ros.train.pairs import PairSample, collate_pairs
 
@@ -144,15 +151,15 @@ def sequence_pairs(frames: list, track: int, flow_fn, keep_ground: bool = True,
     return out
 
 
-def load_sequence_pairs(root: str | Path, cfg: dict, log=print) -> list[list[PairSample]]:
-    """Pairs per sequence from a SequenceDataset directory."""
+def load_sequence_pairs(root: str | Path, cfg: dict, log=print, ranks: Ranks = SINGLE) -> list[list[PairSample]]:
+    """Pairs per sequence from a SequenceDataset directory (this rank's share of its sequences)."""
     from kp3d_ros.synth.sequence import SequenceDataset
 
     data = SequenceDataset(root)
     count = len(data) if not cfg["max_sequences"] else min(len(data), int(cfg["max_sequences"]))
     flow_fn = None if cfg["flow"]["method"] == "truth" else flow_function(cfg)
     per_sequence = []
-    for i in range(count):
+    for i in share(range(count), ranks.rank, ranks.world_size):
         try:
             frames = data[i]
         except FileNotFoundError:  # shard not written yet (data still being generated)
@@ -164,16 +171,18 @@ def load_sequence_pairs(root: str | Path, cfg: dict, log=print) -> list[list[Pai
     return [p for p in per_sequence if p]
 
 
-def load_bag_pairs(paths: list[str], cfg: dict, topic: str = "/points", log=print) -> list[list[PairSample]]:
-    """Pairs per track from bags: detection, tracking and crops by the node's pipeline (no network)."""
+def load_bag_pairs(paths: list[str], cfg: dict, topic: str = "/points", log=print,
+                   ranks: Ranks = SINGLE) -> list[list[PairSample]]:
+    """Pairs per track from this rank's share of the bags: detection, tracking and crops by the node's
+    pipeline (no network). Track ids are unique over all the bags (1,000,000 per bag in list order)."""
     from kp3d_ros.core.bagio import iter_scans
     from kp3d_ros.core.params import defaults
     from kp3d_ros.core.pipeline import PerceptionPipeline
 
     flow_fn = flow_function(cfg)
     tracks: dict[int, list[PairSample]] = {}
-    offset = 0
-    for path in paths:
+    for position, path in share(list(enumerate(paths)), ranks.rank, ranks.world_size):
+        offset = position * 1_000_000
         pipeline = PerceptionPipeline(defaults(), backend=None, flow_estimator=None)
         last_stamp = None
         for scan in iter_scans(path, topic):
@@ -188,18 +197,18 @@ def load_bag_pairs(paths: list[str], cfg: dict, topic: str = "/points", log=prin
                 tracks.setdefault(offset + crop.track_id, []).append(
                     PairSample(crop.previous_points, crop.points, fwd, bwd, offset + crop.track_id,
                                ground_z_t=float(crop.centre[2]), ground_z_t1=float(crop.centre[2])))
-        offset += 1_000_000
     log(f"{datetime.now():%H:%M:%S} {sum(map(len, tracks.values()))} pairs from {len(tracks)} tracks in bags")
     return list(tracks.values())
 
 
 # -- training -------------------------------------------------------------------------------------
-def pair_batches(tracks: list[list[PairSample]], cfg: dict, epoch: int):
-    """steps_per_epoch batches; each takes `pairs_per_track` pairs from each of several tracks."""
+def pair_batches(tracks: list[list[PairSample]], cfg: dict, epoch: int, ranks: Ranks = SINGLE):
+    """steps_per_epoch batches; each takes `pairs_per_track` pairs from each of several tracks. Distributed,
+    each rank draws train.batch_size / world_size pairs from its own tracks with its own random stream."""
     tcfg = cfg["train"]
-    rng = np.random.default_rng([cfg["seed"], epoch])
+    rng = np.random.default_rng([cfg["seed"], epoch] + ([ranks.rank] if ranks.distributed else []))
     per = max(1, int(tcfg["pairs_per_track"]))
-    groups = max(1, int(tcfg["batch_size"]) // per)
+    groups = max(1, rank_batch_size(cfg, ranks) // per)
     for _ in range(int(tcfg["steps_per_epoch"])):
         chosen = rng.choice(len(tracks), size=groups, replace=len(tracks) < groups)
         samples = []
@@ -209,14 +218,26 @@ def pair_batches(tracks: list[list[PairSample]], cfg: dict, epoch: int):
         yield collate_pairs(samples, cfg["num_points"], rng)
 
 
-def source_objective(cfg: dict, model: torch.nn.Module) -> Callable[[], torch.Tensor] | None:
+def rank_batch_size(cfg: dict, ranks: Ranks, key: str = "batch_size", section: str = "train") -> int:
+    """cfg[section][key] split over the ranks (it must divide)."""
+    size = int(cfg[section][key])
+    if size % ranks.world_size:
+        raise ValueError(f"{section}.{key} {size} is not a multiple of the {ranks.world_size} processes")
+    return size // ranks.world_size
+
+
+def source_objective(cfg: dict, model: torch.nn.Module, ranks: Ranks = SINGLE) -> Callable[[], torch.Tensor] | None:
     """The Stage I loss (its config's w_kp, w_seg) of `model` on the next augmented, labelled batch from
-    cfg['source']['data'] (a `kp3d synth` root with a train/ split), or None when mixing is off."""
+    cfg['source']['data'] (a `kp3d synth` root with a train/ split), or None when mixing is off.
+    Distributed, each rank takes source.batch_size / world_size samples from a stream of its own."""
     source = cfg["source"]
     if not source["data"] or float(source["weight"]) <= 0:
         return None
     s1 = stage1.load_config(source["config"] if Path(source["config"]).is_file() else None)
     s1["num_points"] = cfg["num_points"]
+    if ranks.distributed:
+        s1["seed"] = int(s1["seed"]) + 1_000_003 * ranks.rank  # rank 0 keeps the one-process stream
+        source = source | {"batch_size": rank_batch_size(cfg, ranks, section="source")}
     s1["train"] = s1["train"] | {"batch_size": int(source["batch_size"]), "steps_per_epoch": 1 << 30}
     dataset = stage1.open_split(Path(source["data"]), "train")
     batches = stage1.training_batches(dataset, s1, 0, stage1.make_augmenter(s1["augment"], s1.get("sensor_augment")))
@@ -401,7 +422,20 @@ def evaluate_sequences(checkpoint: str | Path, root: str | Path, max_sequences: 
     return summary | {"seg_accuracy": scores["accuracy"], "seg_miou": scores["miou"]}
 
 
-def run(cfg: dict, resume: bool = False, log=print) -> dict:
+def combine_validation(parts: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    """The ranks' validation scalars (each with its number of held-out tracks) as one set: each entry's
+    mean over the ranks that have it, weighted by their tracks."""
+    weights: dict[str, float] = {}
+    sums: dict[str, float] = {}
+    for count, values in parts:
+        for key, value in values.items():
+            if count:
+                weights[key] = weights.get(key, 0.0) + count
+                sums[key] = sums.get(key, 0.0) + count * float(value)
+    return {key: sums[key] / weights[key] for key in sums} or {"val_loss": 0.0}
+
+
+def run(cfg: dict, resume: bool = False, log=print, ranks: Ranks = SINGLE) -> dict:
     torch.set_num_threads(int(cfg["threads"]))
     torch.manual_seed(cfg["seed"])
     rounds = int(cfg["rounds"])
@@ -418,31 +452,39 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
         model.calibration.scale.fill_(1.0)
     data = [str(d) for d in (cfg["data"] if isinstance(cfg["data"], list) else [cfg["data"]])]
     if all(Path(d).is_dir() for d in data) and len(data) == 1 and (Path(data[0]) / "meta.json").exists():
-        tracks = load_sequence_pairs(data[0], cfg, log)
+        tracks = load_sequence_pairs(data[0], cfg, log, ranks)
     else:
         if cfg["flow"]["method"] == "truth":
             raise ValueError("flow method 'truth' needs synthetic sequences")
-        tracks = load_bag_pairs(data, cfg, log=log)
+        tracks = load_bag_pairs(data, cfg, log=log, ranks=ranks)
+    if ranks.distributed:
+        pairs, total = ranks.summed([float(sum(map(len, tracks))), float(len(tracks))])
+        log(f"{datetime.now():%H:%M:%S} all {ranks.world_size} processes: {int(pairs)} pairs from {int(total)} tracks")
     if len(tracks) < 2:
-        raise ValueError(f"too little data in {data}: {len(tracks)} tracks with pairs")
-    n_val = min(int(cfg["val_sequences"]), len(tracks) // 4)
+        where = f" (share {ranks.rank} of {ranks.world_size})" if ranks.distributed else ""
+        raise ValueError(f"too little data in {data}{where}: {len(tracks)} tracks with pairs")
+    n_val = min(-(-int(cfg["val_sequences"]) // ranks.world_size), len(tracks) // 4)
     val_tracks, train_tracks = tracks[:n_val], tracks[n_val:]
     fill_population_priors(cfg, log)
     val_rng = np.random.default_rng(1234)
     val_prepared = [collate_pairs(pairs, cfg["num_points"], val_rng) for pairs in val_tracks] if n_val else []
-    source_loss = source_objective(cfg, model)
+    net = ranks.wrap(model)
+    source_loss = source_objective(cfg, net, ranks)
     run_meta = dict(meta) | {"stage": "stage2", "init": str(cfg["init"]), "data": data, "loss": cfg["loss"],
                              "seg_target": cfg["seg_target"], "flow": cfg["flow"]["method"], "rounds": rounds}
     report: dict = {"out": cfg["out"]}
-    if resume:
+    if resume and ranks.is_main:
         _uncalibrate_for_resume(Path(cfg["out"]), log)
+    ranks.barrier()
     for k in range(1, rounds + 1):
         # Each round starts from the previous one's model, which also gives the pseudo-labels.
         out = Path(cfg["out"]) if k == rounds else Path(cfg["out"]) / f"round{k}"
         if rounds > 1:
             log(f"{datetime.now():%H:%M:%S} round {k} of {rounds} -> {out}")
         report["result"] = _train_round(model, cfg, train_tracks, val_prepared, source_loss, out,
-                                        run_meta | {"round": k}, resume, log)
+                                        run_meta | {"round": k}, resume, log, ranks, net)
+    if not ranks.is_main:  # rank 0 calibrates and evaluates (on its own share of the crops)
+        return report
     if cfg["calibrate_bones"]:
         out = Path(cfg["out"])
         if report["result"].steps_done == 0:  # calibration only (train.epochs 0)
@@ -462,18 +504,21 @@ def run(cfg: dict, resume: bool = False, log=print) -> dict:
 
 
 def _train_round(model: torch.nn.Module, cfg: dict, train_tracks: list, val_prepared: list,
-                 source_loss: Callable[[], torch.Tensor] | None, out: Path, run_meta: dict, resume: bool, log):
+                 source_loss: Callable[[], torch.Tensor] | None, out: Path, run_meta: dict, resume: bool, log,
+                 ranks: Ranks = SINGLE, net: torch.nn.Module | None = None):
     """One round of Stage II on `model` (in place): pseudo-labels from a frozen copy of it, a new optimizer
-    and lr schedule; checkpoints in `out`."""
+    and lr schedule; checkpoints in `out`. Training forward passes go through `net` (ranks.wrap(model))."""
     frozen = copy.deepcopy(model).eval() if cfg["seg_target"] == "confident" else None
     if frozen is not None:
         for p in frozen.parameters():
             p.requires_grad_(False)
     weights = losses.LossWeights.from_dict(cfg["loss"])
     objective = Stage2Objective(model, frozen, weights, cfg["seg_target"], float(cfg["confidence"]))
+    training = objective if net is None or net is model else Stage2Objective(
+        net, frozen, weights, cfg["seg_target"], float(cfg["confidence"]))
 
     def step(prepared) -> dict[str, float]:
-        total, parts = objective(prepared.batch)
+        total, parts = training(prepared.batch)
         if source_loss is not None:
             supervised = source_loss()
             total = total + float(cfg["source"]["weight"]) * supervised
@@ -481,7 +526,7 @@ def _train_round(model: torch.nn.Module, cfg: dict, train_tracks: list, val_prep
         total.backward()
         return {"loss": float(total.detach()), **parts}
 
-    def validate() -> dict[str, float]:
+    def validate_share() -> dict[str, float]:
         if not val_prepared:
             return {"val_loss": 0.0}
         with torch.no_grad():
@@ -489,6 +534,11 @@ def _train_round(model: torch.nn.Module, cfg: dict, train_tracks: list, val_prep
         result = {"val_loss": float(np.mean(values))}
         result |= {f"val_{k}": v for k, v in evaluate_pairs(model, val_prepared).items() if k.endswith("_cm")}
         return result
+
+    def validate() -> dict[str, float]:
+        if not ranks.distributed:
+            return validate_share()
+        return combine_validation(ranks.gathered((len(val_prepared), validate_share())))
 
     tcfg = cfg["train"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
@@ -500,8 +550,8 @@ def _train_round(model: torch.nn.Module, cfg: dict, train_tracks: list, val_prep
                         warmup_steps=tcfg["warmup_steps"], out_dir=str(out), monitor="val_loss",
                         time_budget_s=budget, grad_clip=tcfg["grad_clip"], resume=resume,
                         ema_decay=float(tcfg["ema_decay"]))
-    result = fit(model, optimizer, fit_cfg, lambda e: pair_batches(train_tracks, cfg, e), step, validate,
-                 run_meta, log)
+    result = fit(model, optimizer, fit_cfg, lambda e: pair_batches(train_tracks, cfg, e, ranks), step, validate,
+                 run_meta, log, ranks)
     log(f"{datetime.now():%H:%M:%S} done: {result}")
     return result
 
@@ -510,6 +560,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="config/stage2.yaml", help="YAML config (defaults for missing keys)")
     parser.add_argument("--init", help="Stage I checkpoint to start from (overrides the config)")
     parser.add_argument("--data", nargs="+", help="a synthetic sequence directory, or bag(s) with /points")
+    parser.add_argument("--manifest", help="a file listing the bags (one path a line) instead of --data")
     parser.add_argument("--out", help="run directory (overrides the config)")
     parser.add_argument("--eval-data", help="labelled sequences for the before/after MPJPE report")
     parser.add_argument("--flow", choices=("realtime", "offline", "truth"), help="scene flow source")
@@ -558,8 +609,13 @@ def main(args: argparse.Namespace) -> int:
     if args.max_minutes is not None:
         cfg["train"]["max_minutes"] = args.max_minutes
     try:
+        if args.manifest:
+            if args.data:
+                raise ValueError("give --data or --manifest, not both")
+            cfg["data"] = [str(path) for path in read_manifest(args.manifest)]
         cfg = apply_overrides(cfg, args.set)
-        run(cfg, resume=args.resume)
+        with process_group() as ranks:
+            run(cfg, resume=args.resume, log=ranks.log(print), ranks=ranks)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}")
         return 1

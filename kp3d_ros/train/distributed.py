@@ -1,0 +1,94 @@
+"""torch.distributed for training: the process group torchrun describes, DistributedDataParallel, and
+the few collectives the training loop needs. Outside torchrun (WORLD_SIZE unset or 1) nothing is
+initialised and every helper is the identity, so a single-process run is exactly the plain one.
+
+Training tensors live on the CPU (the training code has no device option), so the backend is gloo;
+NCCL needs CUDA tensors and becomes the choice once training runs on GPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+BACKEND = "gloo"
+TIMEOUT = timedelta(minutes=30)  # a collective waits this long for a slow rank (pair extraction, validation)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the job: rank of world_size (0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only one that logs, shows progress and writes checkpoints."""
+        return self.rank == 0
+
+    def log(self, log: Callable[[str], None]) -> Callable[[str], None]:
+        """`log` on rank 0, a no-op elsewhere."""
+        return log if self.is_main else (lambda _message: None)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module to run training forward passes through: DistributedDataParallel over `model` when
+        distributed (it averages gradients over the ranks in backward), else `model` itself."""
+        return DistributedDataParallel(model) if self.distributed else model
+
+    def from_main(self, values: list[float]) -> list[float]:
+        """Rank 0's values on every rank (so wall-clock decisions agree)."""
+        if not self.distributed:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64)
+        dist.broadcast(tensor, src=0)
+        return tensor.tolist()
+
+    def summed(self, values: list[float]) -> list[float]:
+        """The element-wise sum of `values` over the ranks."""
+        if not self.distributed:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def gathered(self, value: object) -> list[object]:
+        """Every rank's `value` (picklable), in rank order."""
+        if not self.distributed:
+            return [value]
+        out: list[object] = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+SINGLE = Ranks()
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[Ranks]:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT in the environment)
+    for the block; SINGLE without torchrun or with one process."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size <= 1:
+        yield SINGLE
+        return
+    dist.init_process_group(BACKEND, timeout=TIMEOUT)
+    try:
+        yield Ranks(dist.get_rank(), dist.get_world_size())
+    finally:
+        dist.destroy_process_group()
