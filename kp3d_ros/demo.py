@@ -12,10 +12,14 @@ than MIN_PROCESSED of the bag's clouds.
 from __future__ import annotations
 
 import argparse
+import json
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -30,6 +34,7 @@ MIN_PROCESSED = 0.9  # share of the bag's clouds the node must process for the d
 POINTS_TOPIC = "/points"
 GT_TOPIC = "/kp3d/gt/keypoints"
 INPUT_TOPICS = (POINTS_TOPIC, "/camera/image_raw", "/camera/camera_info")  # what the node subscribes to
+NODE_START_TIMEOUT_S = 120.0  # for the node's process to load the model and subscribe
 
 
 @dataclass
@@ -98,67 +103,123 @@ def make_bag(path: Path, people: int, seconds: float, seed: int, camera: bool = 
     return cli.main(argv + (["--camera"] if camera else []))
 
 
-def play_through_node(bag: Path, params: dict, rate: float, timeout_s: float = 120.0):
-    """Node + replay of its inputs + collector of its outputs in one process.
+def node_command(overrides: dict[str, Any]) -> list[str]:
+    """kp3d_node as its own Python process, with these parameters and the launch file's input topics."""
+    from kp3d_ros.ros.run import DEFAULT_REMAPS
 
-    Returns (Collected with the bag's ground truth, node stats snapshot, frames, backend).
+    command = [sys.executable, "-m", "kp3d_ros.ros.node", "--ros-args"]
+    for name, value in overrides.items():
+        command += ["-p", f"{name}:={json.dumps(value)}"]  # JSON values are YAML values
+    for name, topic in DEFAULT_REMAPS.items():
+        command += ["-r", f"{name}:={topic}"]
+    return command
+
+
+def diagnostics_values(msg) -> dict[str, Any]:
+    """The key/values of the node's pipeline status in a DiagnosticArray (numbers as float); {} if none."""
+    for status in msg.status:
+        values = {kv.key: kv.value for kv in status.values}
+        if "clouds_processed" in values:
+            out: dict[str, Any] = {}
+            for key, value in values.items():
+                try:
+                    out[key] = float(value)
+                except ValueError:
+                    out[key] = value
+            return out
+    return {}
+
+
+def _stop_process(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """Ctrl-C (the node shuts down cleanly), then kill if it has not exited in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def play_through_node(bag: Path, overrides: dict[str, Any], rate: float, timeout_s: float = 120.0):
+    """kp3d_node in its own process, as the launch file runs it; the replay of its inputs and a collector of its
+    outputs in this one, so that nothing here can hold the node up.
+
+    Latency is measured here, from the replay's publish of a cloud to the arrival of the node's keypoints for
+    it. Returns (Collected with the bag's ground truth, the node's last /diagnostics values, frames as
+    (stamp ns, latency ms, people), backend); raises RuntimeError when the node does not start.
     """
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image, PointCloud2
 
     from kp3d_ros.core.bagio import read_keypoints
+    from kp3d_ros.ros.cdr import header_stamp_ns
     from kp3d_ros.ros.overlay import image_to_rgb
     from kp3d_ros.ros.pointcloud2 import cloud_to_array
     from kp3d_ros.ros.qos import output_qos
     from kp3d_ros.ros.replay import BagPlayer
-    from kp3d_ros.ros.run import make_node, spin_until
+    from kp3d_ros.ros.run import spin_until
 
     collected = Collected(truth=read_keypoints(bag, GT_TOPIC))
+    sent: dict[int, float] = {}  # cloud header stamp -> monotonic s of its publish
+    received: list[tuple[float, bytes]] = []  # (monotonic s, CDR) of the node's ~/keypoints
+    overlay: list[bytes] = []  # its newest ~/overlay
+    diagnostics: list[tuple[float, Any]] = []  # (monotonic s, DiagnosticArray), newest only
 
-    raw_keypoints: list[bytes] = []  # the node's ~/keypoints, deserialized after the run
-    raw_overlay: list[bytes] = []  # its newest ~/overlay
-
-    def on_keypoints(data: bytes) -> None:
-        raw_keypoints.append(data)
+    def on_publish(topic: str, data: bytes, at: float) -> None:
+        if topic == POINTS_TOPIC:
+            sent[header_stamp_ns(data)] = at
 
     def on_overlay(data: bytes) -> None:
-        raw_overlay[:] = [data]
+        overlay[:] = [data]
+
+    def on_diagnostics(msg) -> None:
+        if diagnostics_values(msg):
+            diagnostics[:] = [(time.monotonic(), msg)]
 
     use_large_message_profile()
+    process = subprocess.Popen(node_command(overrides))
     rclpy.init()
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = SingleThreadedExecutor()
     nodes = []
     try:
-        node = make_node(params)
-        if node is None:
-            raise RuntimeError("kp3d_node could not start (see above)")
         collector = Node("kp3d_demo_collector")
         replay = Node("kp3d_demo_replay")
-        nodes += [node, collector, replay]
-        qos = output_qos(100)
-        # raw: the callbacks only keep the bytes, so that nothing in this process competes with the node for the
-        # interpreter while the bag plays (deserializing every overlay image cost the node frames)
-        collector.create_subscription(PointCloud2, "/kp3d_node/keypoints", on_keypoints, qos, raw=True)
+        nodes += [collector, replay]
+        # raw: the callbacks only keep the bytes; they are deserialized after the run
+        keypoints_sub = collector.create_subscription(
+            PointCloud2, "/kp3d_node/keypoints", lambda data: received.append((time.monotonic(), data)),
+            output_qos(100), raw=True)
         collector.create_subscription(Image, "/kp3d_node/overlay", on_overlay, output_qos(2), raw=True)
+        collector.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, output_qos(10))
         for n in nodes:
             executor.add_node(n)
-        player = BagPlayer(replay, bag, rate=rate, topics=INPUT_TOPICS, start_delay=0.5)
-        spin_until(executor, lambda: all(p.get_subscription_count() > 0 for p in player.publishers.values()), 10.0)
+        player = BagPlayer(replay, bag, rate=rate, topics=INPUT_TOPICS, start_delay=0.5, on_publish=on_publish)
+
+        def ready() -> bool:  # the node has started (model loaded, warmed up) and both sides have matched
+            if process.poll() is not None:
+                raise RuntimeError(f"kp3d_node exited with code {process.returncode} before it was ready")
+            return (player.publishers[POINTS_TOPIC].get_subscription_count() > 0
+                    and keypoints_sub.get_publisher_count() > 0)
+
+        if not spin_until(executor, ready, NODE_START_TIMEOUT_S):
+            raise RuntimeError(f"kp3d_node was not ready after {NODE_START_TIMEOUT_S:.0f} s")
         player.start()
         spin_until(executor, player.finished.is_set, timeout_s)
         idle = {"count": -1, "since": time.monotonic()}
 
-        def settled() -> bool:  # the node has published nothing new for 0.5 s
-            count = node.stats.processed
-            if count != idle["count"]:
-                idle["count"], idle["since"] = count, time.monotonic()
+        def settled() -> bool:  # no new output for 0.5 s
+            if len(received) != idle["count"]:
+                idle["count"], idle["since"] = len(received), time.monotonic()
             return time.monotonic() - idle["since"] > 0.5
 
         spin_until(executor, settled, 10.0)
-        stats, frames, backend = node.stats.snapshot(), node.stats.recent_frames(), node.backend_name()
+        after = time.monotonic()
+        spin_until(executor, lambda: bool(diagnostics) and diagnostics[0][0] > after, 5.0)  # counts after the end
     finally:
         for n in nodes:
             executor.remove_node(n)
@@ -167,13 +228,19 @@ def play_through_node(bag: Path, params: dict, rate: float, timeout_s: float = 1
             n.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-    for data in raw_keypoints:
+        _stop_process(process)
+    frames = []
+    for at, data in received:
         msg = deserialize_message(data, PointCloud2)
+        stamp = _stamp_ns(msg.header)
         array = np.asarray(cloud_to_array(msg)).astype(layouts.KEYPOINTS)
-        collected.predicted[_stamp_ns(msg.header)] = layouts.people_from_keypoints(array, skeleton.NUM_JOINTS)
-    if raw_overlay:
-        collected.overlay = image_to_rgb(deserialize_message(raw_overlay[0], Image))
-    return collected, stats, frames, backend
+        collected.predicted[stamp] = layouts.people_from_keypoints(array, skeleton.NUM_JOINTS)
+        latency = 1e3 * (at - sent[stamp]) if stamp in sent else float("nan")
+        frames.append((stamp, latency, len(collected.predicted[stamp])))
+    if overlay:
+        collected.overlay = image_to_rgb(deserialize_message(overlay[0], Image))
+    stats = diagnostics_values(diagnostics[0][1]) if diagnostics else {}
+    return collected, stats, frames, str(stats.get("backend", "unknown"))
 
 
 def _draw_view(ax, points: np.ndarray, predicted: dict, truth: dict, axes: tuple[int, int], title: str,
@@ -247,7 +314,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from kp3d_ros.core.params import load_params
+    from kp3d_ros.core.params import ParameterError, load_params
 
     args.out.mkdir(parents=True, exist_ok=True)
     bag = args.bag or args.out / "demo.mcap"
@@ -267,9 +334,18 @@ def main(args: argparse.Namespace) -> int:
             return 1
         stamp_file.write_text(settings)
         print(f"  done in {time.monotonic() - start:.1f} s")
-    params = load_params(overrides={"network.backend": args.backend, "camera.enabled": True})
-    print("playing it through kp3d_node ...")
-    collected, stats, frames, backend = play_through_node(bag, params, args.rate)
+    overrides = {"network.backend": args.backend, "camera.enabled": True}
+    try:
+        load_params(overrides=overrides)
+    except ParameterError as error:
+        print(f"kp3d demo: invalid parameters: {error}", file=sys.stderr)
+        return 2
+    print("playing it through kp3d_node (its own process) ...")
+    try:
+        collected, stats, frames, backend = play_through_node(bag, overrides, args.rate)
+    except RuntimeError as error:
+        print(f"kp3d demo: {error}", file=sys.stderr)
+        return 1
 
     print(f"\nbackend: {backend}")
     print(f"{'t (s)':>8} {'latency ms':>11} {'people':>7} {'truth':>6} {'matched':>8} {'MPJPE cm':>9} {'PCK@10cm':>9}")
@@ -280,19 +356,28 @@ def main(args: argparse.Namespace) -> int:
         print(f"{(stamp - start_stamp) / 1e9:8.2f} {latency:11.1f} {scores['predicted']:7d} {scores['truth']:6d} "
               f"{scores['matched']:8d} {100 * scores['mpjpe']:9.1f} {scores['pck']:9.2f}")
     errors = np.concatenate(all_errors) if all_errors else np.zeros(0)
-    latencies = np.array([f[1] for f in frames])
+    latencies = np.array([f[1] for f in frames if np.isfinite(f[1])])
     truth_people = sum(len(collected.truth.get(s, {})) for s, _, _ in frames)
     matched = sum(frame_scores(collected, s)["matched"] for s, _, _ in frames)
     clouds = count_clouds(bag)
-    print(f"\nclouds in bag {clouds}, received {stats['clouds_received']}, processed {stats['clouds_processed']}, "
-          f"dropped for a newer one {stats['clouds_dropped_newer_arrived']}, "
-          f"lost before the callback {stats.get('clouds_lost_before_callback', 0)}, "
-          f"malformed {stats['clouds_malformed']}")
+    processed = len({stamp for stamp, _, _ in frames})  # clouds whose output reached this process
+
+    def count(key: str) -> str:
+        return str(int(stats[key])) if isinstance(stats.get(key), float) else "?"
+
+    print(f"\nclouds in bag {clouds}, outputs received for {processed}; the node's /diagnostics: received "
+          f"{count('clouds_received')}, processed {count('clouds_processed')}, dropped for a newer one "
+          f"{count('clouds_dropped_newer_arrived')}, lost before the callback {count('clouds_lost_before_callback')},"
+          f" malformed {count('clouds_malformed')}")
     if latencies.size:
-        print(f"end-to-end latency (arrival -> markers): median {np.median(latencies):.1f} ms, "
+        print(f"end-to-end latency (cloud published -> keypoints received): median {np.median(latencies):.1f} ms, "
               f"p99 {np.percentile(latencies, 99):.1f} ms, max {latencies.max():.1f} ms")
+        if isinstance(stats.get("latency_end_to_end_median_ms"), float):
+            print(f"in the node (cloud arrival -> markers published): median "
+                  f"{stats['latency_end_to_end_median_ms']:.1f} ms, p99 {stats['latency_end_to_end_p99_ms']:.1f} ms")
         stages = [(k[len("latency_"):-len("_median_ms")], v) for k, v in stats.items()
-                  if k.startswith("latency_") and k.endswith("_median_ms") and "end_to_end" not in k]
+                  if k.startswith("latency_") and k.endswith("_median_ms") and "end_to_end" not in k
+                  and isinstance(v, float)]
         print("pipeline stages, median ms: " + ", ".join(f"{name} {ms:.1f}" for name, ms in stages))
     print(f"people found: {matched} of {truth_people} ground-truth people in processed frames")
     if errors.size:
@@ -311,9 +396,8 @@ def main(args: argparse.Namespace) -> int:
 
         PilImage.fromarray(collected.overlay).save(args.out / "demo_overlay.png")
         print(f"camera overlay: {args.out / 'demo_overlay.png'}")
-    processed = int(stats["clouds_processed"])
     if processed < MIN_PROCESSED * clouds:
-        print(f"kp3d demo: FAILED: the node processed {processed} of {clouds} clouds "
+        print(f"kp3d demo: FAILED: outputs for {processed} of {clouds} clouds "
               f"({100 * processed / max(clouds, 1):.0f} %, at least {100 * MIN_PROCESSED:.0f} % needed)",
               file=sys.stderr)
         return 1

@@ -165,3 +165,17 @@ def test_overlay_draws_in_every_supported_encoding():
     info.k = [0.0] * 9
     with pytest.raises(OverlayError, match="intrinsics"):
         overlay_image(image, info, [(1, joints)], EXTRINSICS)
+
+
+def test_header_stamp_read_from_cdr_bytes():
+    from kp3d_ros.ros.cdr import header_stamp_ns
+
+    cloud = _raw_cloud(bytes(16), [("x", 0, PointField.FLOAT32, 1)], 16, 1)
+    cloud.header.stamp.sec, cloud.header.stamp.nanosec = 1_700_000_000, 999_999_999
+    image = Image(header=Header(frame_id="camera"))
+    image.header.stamp.sec = 12
+    assert header_stamp_ns(serialize_message(cloud)) == 1_700_000_000_999_999_999
+    assert header_stamp_ns(serialize_message(image)) == 12_000_000_000
+    for garbage in (b"", b"\x00\x01\x00", b"\x07\x07\x00\x00" + bytes(8)):
+        with pytest.raises(ValueError):
+            header_stamp_ns(garbage)

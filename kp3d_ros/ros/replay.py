@@ -22,7 +22,7 @@ import itertools
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import rclpy
@@ -111,12 +111,15 @@ class BagPlayer:
 
     def __init__(self, node: Node, bag: str | Path, rate: float = 1.0, loop: bool = False, clock: bool = False,
                  topics: Sequence[str] | None = None, start_delay: float = 0.0,
-                 wait_for_subscribers: float = 0.0) -> None:
+                 wait_for_subscribers: float = 0.0,
+                 on_publish: Callable[[str, bytes, float], None] | None = None) -> None:
+        """on_publish(topic, CDR bytes, monotonic s) is called from the replay thread after each publish."""
         if rate <= 0.0:
             raise ValueError(f"rate must be positive, got {rate}")
         self.node, self.bag, self.rate, self.loop = node, Path(bag), float(rate), loop
         self.start_delay = float(start_delay)
         self.wait_for_subscribers = float(wait_for_subscribers)
+        self.on_publish = on_publish
         self.published = 0
         self.loops_done = 0
         self.finished = threading.Event()
@@ -201,6 +204,8 @@ class BagPlayer:
                 self.clock_pub.publish(_clock_message(stamp_ns))
             self.publishers[topic].publish(raw)
             self.published += 1
+            if self.on_publish is not None:
+                self.on_publish(topic, raw, time.monotonic())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
