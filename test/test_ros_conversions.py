@@ -179,3 +179,37 @@ def test_header_stamp_read_from_cdr_bytes():
     for garbage in (b"", b"\x00\x01\x00", b"\x07\x07\x00\x00" + bytes(8)):
         with pytest.raises(ValueError):
             header_stamp_ns(garbage)
+
+
+@pytest.mark.parametrize("frame_id", ["", "l", "lidar", "os_sensor_top_front"])  # every string alignment
+def test_pointcloud2_read_from_cdr_equals_rclpy(frame_id):
+    from kp3d_ros.ros.cdr import read_pointcloud2
+
+    rng = np.random.default_rng(3)
+    fields = [("x", 0, PointField.FLOAT32, 1), ("y", 4, PointField.FLOAT32, 1), ("z", 8, PointField.FLOAT32, 1),
+              ("ring", 12, PointField.UINT16, 1), ("t", 16, PointField.FLOAT64, 1)]
+    clouds = [_raw_cloud(rng.bytes(24 * 6 * 2), fields, 24, 6, height=2),
+              _raw_cloud(rng.bytes(24 * 7), fields, 24, 7, bigendian=True),
+              _raw_cloud(b"", fields, 24, 0)]
+    for cloud in clouds:
+        cloud.header.frame_id, cloud.is_dense = frame_id, True
+        cloud.header.stamp.sec, cloud.header.stamp.nanosec = 42, 7
+        data = serialize_message(cloud)
+        raw, expected = read_pointcloud2(data), deserialize_message(data, PointCloud2)
+        assert raw.header == expected.header
+        assert (raw.height, raw.width, raw.point_step, raw.row_step, raw.is_bigendian, raw.is_dense) == (
+            expected.height, expected.width, expected.point_step, expected.row_step, expected.is_bigendian,
+            expected.is_dense)
+        assert [(f.name, f.offset, f.datatype, f.count) for f in expected.fields] == list(raw.fields)
+        assert bytes(raw.data) == bytes(expected.data)
+        assert np.array_equal(cloud_to_array(raw), cloud_to_array(expected))
+
+
+def test_pointcloud2_cdr_cut_short_or_foreign_is_an_error():
+    from kp3d_ros.ros.cdr import read_pointcloud2
+
+    data = serialize_message(_raw_cloud(bytes(16 * 4), [("x", 0, PointField.FLOAT32, 1)], 16, 4))
+    for bad in (data[:-2], data[:30], data[:5], b"\x09\x09" + data[2:]):
+        with pytest.raises(ValueError):
+            read_pointcloud2(bad)
+    assert read_pointcloud2(data).width == 4

@@ -1,10 +1,24 @@
-"""Reading a header stamp straight from serialized (CDR) message bytes, without deserializing."""
+"""Reading serialized (CDR) messages straight from their bytes: a header stamp, or a whole PointCloud2
+without rclpy's deserialization, which copies the point bytes into a Python array with the GIL held
+(about 5 ms for a 2.4 MB cloud on this project's CPU)."""
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from std_msgs.msg import Header
 
 _ENCAPSULATION = {b"\x00\x00": ">", b"\x00\x01": "<", b"\x00\x02": ">", b"\x00\x03": "<"}  # CDR / PL_CDR, BE / LE
+ENCAPSULATION_BYTES = 4  # alignment counts from the end of the encapsulation header
+
+
+def _byte_order(data: bytes | memoryview) -> str:
+    order = _ENCAPSULATION.get(bytes(data[:2]))
+    if order is None:
+        raise ValueError("not CDR: unknown encapsulation header")
+    return order
 
 
 def header_stamp_ns(data: bytes) -> int:
@@ -13,8 +27,88 @@ def header_stamp_ns(data: bytes) -> int:
     The stamp's sec (int32) and nanosec (uint32) follow the 4-byte encapsulation header. ValueError for
     bytes too short or of an unknown encapsulation.
     """
-    order = _ENCAPSULATION.get(bytes(data[:2]))
-    if order is None or len(data) < 12:
+    if len(data) < 12:
         raise ValueError("not a CDR message with a std_msgs/Header first")
-    sec, nanosec = struct.unpack_from(order + "iI", data, 4)
+    sec, nanosec = struct.unpack_from(_byte_order(data) + "iI", data, ENCAPSULATION_BYTES)
     return sec * 1_000_000_000 + nanosec
+
+
+class _CdrReader:
+    """Sequential reads of CDR primitives, aligned to their size; ValueError past the end."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
+        self.order = _byte_order(self.view)
+        self.pos = ENCAPSULATION_BYTES
+
+    def _take(self, size: int, align: int) -> int:
+        self.pos += -(self.pos - ENCAPSULATION_BYTES) % align
+        start, self.pos = self.pos, self.pos + size
+        if self.pos > len(self.view):
+            raise ValueError(f"CDR message ends at byte {len(self.view)}, a field needs {self.pos}")
+        return start
+
+    def uint32(self) -> int:
+        return struct.unpack_from(self.order + "I", self.view, self._take(4, 4))[0]
+
+    def int32(self) -> int:
+        return struct.unpack_from(self.order + "i", self.view, self._take(4, 4))[0]
+
+    def uint8(self) -> int:
+        return self.view[self._take(1, 1)]
+
+    def string(self) -> str:
+        size = self.uint32()  # with the terminating NUL
+        start = self._take(size, 1)
+        return bytes(self.view[start:start + max(size - 1, 0)]).decode("utf-8", errors="replace")
+
+    def octets(self) -> memoryview:
+        size = self.uint32()
+        start = self._take(size, 1)
+        return self.view[start:start + size]
+
+
+class CloudField(NamedTuple):
+    """A sensor_msgs/PointField's values (read like one: .name, .offset, .datatype, .count)."""
+
+    name: str
+    offset: int
+    datatype: int
+    count: int
+
+
+@dataclass
+class RawCloud:
+    """A PointCloud2 read from its CDR bytes; ``data`` is a view into them (no copy)."""
+
+    header: Header
+    height: int
+    width: int
+    fields: list[CloudField]
+    is_bigendian: bool
+    point_step: int
+    row_step: int
+    data: memoryview
+    is_dense: bool
+
+
+def read_pointcloud2(data: bytes | memoryview) -> RawCloud:
+    """The PointCloud2 in these CDR bytes (sensor_msgs/msg/PointCloud2's field order); ValueError if they are
+    not one (wrong encapsulation, cut short)."""
+    reader = _CdrReader(data)
+    header = Header(frame_id="")
+    header.stamp.sec = reader.int32()
+    header.stamp.nanosec = reader.uint32()
+    header.frame_id = reader.string()
+    height, width = reader.uint32(), reader.uint32()
+    fields = []
+    for _ in range(reader.uint32()):
+        name = reader.string()
+        offset = reader.uint32()
+        datatype = reader.uint8()
+        fields.append(CloudField(name, offset, datatype, reader.uint32()))
+    is_bigendian = bool(reader.uint8())
+    point_step, row_step = reader.uint32(), reader.uint32()
+    points = reader.octets()
+    is_dense = bool(reader.uint8())
+    return RawCloud(header, height, width, fields, is_bigendian, point_step, row_step, points, is_dense)
