@@ -174,7 +174,9 @@ def load_sequence_pairs(root: str | Path, cfg: dict, log=print, ranks: Ranks = S
 def load_bag_pairs(paths: list[str], cfg: dict, topic: str = "/points", log=print,
                    ranks: Ranks = SINGLE) -> list[list[PairSample]]:
     """Pairs per track from this rank's share of the bags: detection, tracking and crops by the node's
-    pipeline (no network). Track ids are unique over all the bags (1,000,000 per bag in list order)."""
+    pipeline (no network). Track ids are unique over all the bags (1,000,000 per bag in list order). The
+    crops of a bag do not depend on the share; the flow estimator's random point subsets run on through
+    the share's bags, so flows differ slightly from one process's."""
     from kp3d_ros.core.bagio import iter_scans
     from kp3d_ros.core.params import defaults
     from kp3d_ros.core.pipeline import PerceptionPipeline
