@@ -96,3 +96,21 @@ def test_pair_extraction_shares_find_the_pairs_of_one_process(bags: list[Path]):
                 np.testing.assert_array_equal(got.src, want.src)
                 np.testing.assert_array_equal(got.dst, want.dst)
                 assert got.forward.shape == want.forward.shape
+
+
+def test_stage2_on_two_processes_over_a_manifest(bags: list[Path], tmp_path: Path):
+    from test_distributed_training import kp3d, run
+
+    from kp3d_ros.model.checkpoint import load_payload
+
+    manifest = tmp_path / "bags.txt"
+    manifest.write_text("".join(f"{bag}\n" for bag in bags))
+    tracks = stage2.load_bag_pairs([str(b) for b in bags], stage2.load_config(None), log=lambda _m: None)
+    out = tmp_path / "run"
+    done = run(kp3d("train", "stage2", "--init", str(stage2.DEFAULTS["init"]), "--manifest", str(manifest),
+                    "--out", str(out), "--epochs", "1", "--set", "train.steps_per_epoch=2", "train.batch_size=4",
+                    "train.max_minutes=0", "val_sequences=2", processes=2))
+    pairs = sum(map(len, tracks))
+    assert f"all 2 processes: {pairs} pairs from {len(tracks)} tracks" in done.stdout
+    assert done.stdout.count("before: ") == 1  # rank 0 alone logs
+    assert load_payload(out / "last.pt")["step"] == 2 and (out / "best.pt").is_file()
