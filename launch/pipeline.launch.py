@@ -2,7 +2,10 @@
 
     ros2 launch kp3d_ros pipeline.launch.py [params_file:=FILE] [backend:=auto|onnxruntime|tensorrt|torch]
         [use_sim_time:=true] [rviz:=true] [bag:=BAG.mcap] [rate:=1.0] [points:=/points]
-        [image:=/camera/image_raw] [camera_info:=/camera/camera_info]
+        [image:=/camera/image_raw] [camera_info:=/camera/camera_info] [autostart:=true]
+
+kp3d_node is a lifecycle node: with autostart:=true (the default) it configures and activates itself; with
+autostart:=false it stays unconfigured for an external lifecycle manager.
 
 Without `launch` installed, `kp3d run` does the same in one process.
 """
@@ -62,8 +65,11 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("points", default_value="/points", description="input PointCloud2 topic"),
         DeclareLaunchArgument("image", default_value="/camera/image_raw", description="camera image topic"),
         DeclareLaunchArgument("camera_info", default_value="/camera/camera_info", description="camera info topic"),
+        DeclareLaunchArgument("autostart", default_value="true", choices=["true", "false"],
+                              description="configure and activate kp3d_node at start; false: leave it "
+                                          "unconfigured for a lifecycle manager"),
     ]
-    common = {"use_sim_time": use_sim_time}
+    common = {"use_sim_time": use_sim_time, "lifecycle.autostart": LaunchConfiguration("autostart")}
     node_options = dict(
         package=PACKAGE,
         executable="kp3d_node",

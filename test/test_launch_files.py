@@ -145,3 +145,16 @@ def test_launch_description_generates_with_real_launch():
     # kp3d_node twice (with and without a backend:= override; one starts), kp3d_replay, rviz2
     assert names.count("Node") == (4 if rviz2 else 3) and "DeclareLaunchArgument" in names
     assert rviz2 or "LogInfo" in names
+
+
+def test_autostart_argument_reaches_the_node_as_lifecycle_autostart():
+    """autostart:=true (default) brings kp3d_node to active; false leaves it to a lifecycle manager."""
+    from kp3d_ros.core.params import SPECS
+
+    tree = _launch_tree()
+    declared = {n.args[0].value: n for n in ast.walk(tree) if isinstance(n, ast.Call)
+                and getattr(n.func, "id", "") == "DeclareLaunchArgument"}
+    default = next(kw.value.value for kw in declared["autostart"].keywords if kw.arg == "default_value")
+    assert default == "true" and SPECS["lifecycle.autostart"].default is True
+    common = next(n for n in ast.walk(tree) if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "common")
+    assert "'lifecycle.autostart': LaunchConfiguration('autostart')" in ast.unparse(common.value)

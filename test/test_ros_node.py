@@ -232,11 +232,12 @@ def test_malformed_clouds_are_counted_and_node_keeps_running(ros):
     # unsupported image encoding: counted, overlay skipped, node alive
     before = node.stats.overlay_errors["unsupported_encoding"]
     image = Image(header=Header(frame_id="camera"), width=4, height=2, encoding="yuv422", step=8)
+    image.header.stamp.sec = 1006  # the next cloud's stamp: the overlay pairs them
     image.data = bytes(16)
     info = CameraInfo(width=4, height=2, k=[2.0, 0.0, 2.0, 0.0, 2.0, 1.0, 0.0, 0.0, 1.0])
     probe.camera_info.publish(info)
     probe.image.publish(image)
-    assert wait_until(lambda: node._image is not None and node._image.encoding == "yuv422")
+    assert wait_until(lambda: node._sync.images and node._sync.images[-1][1].encoding == "yuv422")
     assert wait_until(lambda: node._camera_info is not None)
     probe.points.publish(_xyz_cloud(1006))
     assert wait_until(lambda: node.stats.overlay_errors["unsupported_encoding"] > before)
@@ -311,6 +312,7 @@ def test_adaptation_state_in_diagnostics(ros):
     pytest.importorskip("torch")
     node = make_node(load_params(overrides={"adaptation.enabled": True}), namespace="adapt")
     assert node is not None and node.adapter is not None
+    adapter = node.adapter
     try:
         count = len(probe.diagnostics)
         node.publish_diagnostics()
@@ -321,4 +323,4 @@ def test_adaptation_state_in_diagnostics(ros):
         assert values["adaptation_running"] == "True" and "adaptation_steps" in values
     finally:
         node.destroy_node()
-    assert not node.adapter.state()["running"]
+    assert node.adapter is None and not adapter.state()["running"]  # shutdown stopped and released it

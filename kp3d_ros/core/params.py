@@ -34,6 +34,10 @@ class ParameterError(ValueError):
 
 P = ParamSpec
 PARAMETERS: tuple[ParamSpec, ...] = (
+    # Lifecycle
+    P("lifecycle.autostart", True,
+      "At start the node configures and activates itself (a failed start exits non-zero); false: it stays "
+      "unconfigured until a lifecycle manager drives it through its lifecycle services.", read_only=True),
     # Input
     P("qos.reliability", "best_effort", "Reliability of the point cloud and image subscriptions.",
       choices=("best_effort", "reliable"), read_only=True),
@@ -102,6 +106,18 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     P("camera.enabled", False, "Subscribe to image and camera_info and publish ~/overlay.", read_only=True),
     P("camera.extrinsics", [0.0, 0.0, 0.0, -math.pi / 2, 0.0, -math.pi / 2],
       "LiDAR-to-camera transform: x, y, z (m), roll, pitch, yaw (rad) of the camera in the LiDAR frame."),
+    P("camera.max_offset_s", 0.05,
+      "Largest time (s) between a cloud's stamp and the stamp of the image its overlay is drawn on; a cloud with "
+      "no image that close gets no overlay (counted in overlay_skipped_no_image_in_time).", 0.001, 1.0),
+    P("camera.buffer_size", 10, "Images kept (newest first) to pick the one nearest in time to each cloud.",
+      1, 100, read_only=True),
+    # Standard messages
+    P("output.detections", True,
+      "Publish ~/detections (vision_msgs/Detection3DArray) when the vision_msgs package is installed.",
+      read_only=True),
+    P("output.body_frames", False,
+      "Broadcast a TF frame body_<track_id> per person (REP-155 naming) on /tf when tf2_msgs is installed.",
+      read_only=True),
     # Online adaptation
     P("adaptation.enabled", False, "Fine-tune the network online with the unsupervised Stage II losses.",
       read_only=True),
@@ -114,6 +130,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       read_only=True),
     # Diagnostics
     P("diagnostics.period_s", 1.0, "Period (s) of /diagnostics messages.", 0.1, 60.0),
+    P("diagnostics.frame_budget_ms", 100.0,
+      "End-to-end time budget (ms, cloud arrival to markers published) of a frame: WARN when a frame in the last "
+      "5 s took longer.", 1.0, 10000.0),
+    P("diagnostics.budget_error_frames", 5, "ERROR when this many frames in a row exceed the frame budget.",
+      1, 1000),
+    P("diagnostics.stale_input_s", 1.0, "WARN when no cloud has arrived for this long (s) while active.",
+      0.1, 600.0),
+    P("diagnostics.min_input_rate_hz", 5.0,
+      "WARN when clouds arrive, but at fewer per second than this (last 5 s); 0 turns the check off.",
+      0.0, 1000.0),
 )
 del P
 

@@ -99,6 +99,13 @@ class NodeStats:
         self.overlay_errors: Counter[str] = Counter()
         self.nonfinite_points = 0
         self.people_last = 0
+        self.over_budget = 0  # frames whose end-to-end time exceeded the frame budget
+        self.over_budget_streak = 0  # ... in a row, up to the last processed frame
+        self._over_budget_times: deque[float] = deque()  # monotonic s of recent frames over budget
+        self.last_input_s: float | None = None  # monotonic s of the last cloud
+        self.overlays = 0
+        self.overlay_skipped = 0  # clouds with no image within camera.max_offset_s
+        self.overlay_offset_max_ms = 0.0  # largest |image - cloud| stamp offset of a published overlay
         self._input = _Window()
         self._output = _Window()
         self._end_to_end = _Window()
@@ -110,6 +117,7 @@ class NodeStats:
         with self._lock:
             self.received += 1
             now = time.monotonic()
+            self.last_input_s = now
             self._input.add(now=now)
             if stamp_ns is not None:
                 lost = self.gaps.add(stamp_ns)
@@ -128,9 +136,24 @@ class NodeStats:
         with self._lock:
             self.overlay_errors[reason] += 1
 
-    def on_output(self, stamp_ns: int, end_to_end_ms: float, stages_ms: dict[str, float], people: int,
-                  nonfinite: int) -> None:
+    def on_overlay(self, offset_ns: int | None) -> None:
+        """An overlay published with this image-cloud offset, or (None) a cloud with no image in time."""
         with self._lock:
+            if offset_ns is None:
+                self.overlay_skipped += 1
+            else:
+                self.overlays += 1
+                self.overlay_offset_max_ms = max(self.overlay_offset_max_ms, abs(offset_ns) / 1e6)
+
+    def on_output(self, stamp_ns: int, end_to_end_ms: float, stages_ms: dict[str, float], people: int,
+                  nonfinite: int, budget_ms: float = float("inf")) -> None:
+        with self._lock:
+            if end_to_end_ms > budget_ms:
+                self.over_budget += 1
+                self.over_budget_streak += 1
+                self._over_budget_times.append(time.monotonic())
+            else:
+                self.over_budget_streak = 0
             self.frames.append((stamp_ns, end_to_end_ms, people))
             self.processed += 1
             self.people_last = people
@@ -145,6 +168,12 @@ class NodeStats:
         while self._lost_times and now - self._lost_times[0][0] > RECENT_S:
             self._lost_times.popleft()
         return sum(lost for _, lost in self._lost_times)
+
+    def _over_budget_recently(self, now: float) -> int:
+        """Frames over the budget in the last RECENT_S (caller holds the lock)."""
+        while self._over_budget_times and now - self._over_budget_times[0] > RECENT_S:
+            self._over_budget_times.popleft()
+        return len(self._over_budget_times)
 
     def recent_frames(self) -> list[tuple[int, float, int]]:
         """(input stamp ns, end-to-end latency ms, people) of the last WINDOW processed clouds."""
@@ -169,6 +198,13 @@ class NodeStats:
                 "clouds_malformed": sum(self.malformed.values()),
                 "nonfinite_points_dropped": self.nonfinite_points,
                 "people": self.people_last,
+                "seconds_since_last_cloud": float("nan") if self.last_input_s is None else now - self.last_input_s,
+                "frames_over_budget": self.over_budget,
+                "frames_over_budget_recently": self._over_budget_recently(now),
+                "frames_over_budget_in_a_row": self.over_budget_streak,
+                "overlays_published": self.overlays,
+                "overlay_skipped_no_image_in_time": self.overlay_skipped,
+                "overlay_offset_max_ms": self.overlay_offset_max_ms,
                 "latency_end_to_end_median_ms": median,
                 "latency_end_to_end_p99_ms": p99,
             }
@@ -189,20 +225,8 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def diagnostic_array(stamp: Time, node_name: str, snapshot: dict[str, Any], extra: dict[str, Any]) -> DiagnosticArray:
-    """One DiagnosticStatus for the node: OK, or WARN when clouds arrive but none come out, or when clouds
-    were lost before the callback in the last RECENT_S."""
-    values = {**snapshot, **extra}
-    status = DiagnosticStatus(name=f"{node_name}: pipeline", hardware_id=node_name)
-    if values["input_rate_hz"] > 0.0 and values["output_rate_hz"] == 0.0 and values["clouds_received"] > 2:
-        status.level, status.message = DiagnosticStatus.WARN, "clouds arrive but none are processed"
-    elif values.get("clouds_lost_recently", 0) > 0:
-        status.level = DiagnosticStatus.WARN
-        status.message = (f"{values['clouds_lost_recently']} clouds lost before the callback in the last "
-                          f"{RECENT_S:.0f} s (stamp gaps); {values['output_rate_hz']:.1f} Hz, "
-                          f"{values['people']} people")
-    else:
-        status.level = DiagnosticStatus.OK
-        status.message = f"{values['output_rate_hz']:.1f} Hz, {values['people']} people"
+def diagnostic_array(stamp: Time, node_name: str, values: dict[str, Any], level: int, message: str) -> DiagnosticArray:
+    """One DiagnosticStatus for the node with every value (level and message from kp3d_ros.ros.health)."""
+    status = DiagnosticStatus(name=f"{node_name}: pipeline", hardware_id=node_name, level=level, message=message)
     status.values = [KeyValue(key=key, value=_format(value)) for key, value in values.items()]
     return DiagnosticArray(header=Header(stamp=stamp), status=[status])

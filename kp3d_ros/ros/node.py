@@ -1,8 +1,8 @@
 """`kp3d_node`: point clouds in, skeletons, keypoints, segmentation, scene flow and diagnostics out.
 
-The subscription callback only keeps the newest cloud (an unprocessed older one is counted as
-dropped); a worker thread takes it, runs the ROS-free PerceptionPipeline and publishes. Nothing
-queues without bound, and callbacks never wait for inference.
+A managed (lifecycle) node. The subscription callback only keeps the newest cloud (an unprocessed older
+one is counted as dropped); a worker thread takes it, runs the ROS-free PerceptionPipeline and publishes.
+Nothing queues without bound, and callbacks never wait for inference.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
@@ -32,12 +32,15 @@ from kp3d_ros import layouts
 from kp3d_ros.core import params as params_module
 from kp3d_ros.core.cloud_layout import CloudError
 from kp3d_ros.core.params import NODE_NAME, PARAMETERS, ParameterError, ParamSpec
+from kp3d_ros.core.timesync import NearestImage
 from kp3d_ros.ros.dds import use_large_message_profile
 from kp3d_ros.ros.diagnostics import NodeStats, diagnostic_array
+from kp3d_ros.ros.health import assess
 from kp3d_ros.ros.markers import skeleton_markers
 from kp3d_ros.ros.overlay import OverlayError, overlay_image
 from kp3d_ros.ros.pointcloud2 import array_to_cloud, cloud_to_xyz
 from kp3d_ros.ros.qos import input_qos, output_qos
+from kp3d_ros.ros.standard import TF_QOS, TF_TOPIC, body_transforms, detections, optional_messages
 
 LOG_THROTTLE_S = 5.0
 
@@ -100,90 +103,226 @@ class _RecordingLogger:
         self.logger.debug(self._text(message, args))
 
 
-class Kp3dNode(Node):
-    """The ROS 2 shell around kp3d_ros.core.pipeline.PerceptionPipeline."""
+class Kp3dNode(LifecycleNode):
+    """The ROS 2 shell around kp3d_ros.core.pipeline.PerceptionPipeline: a managed (lifecycle) node.
+
+    unconfigured: parameters declared, /diagnostics only. configure: validate the parameters, load the
+    model (or build the TensorRT engine), warm up, create the output publishers. activate: subscribe, publish.
+    deactivate: unsubscribe, keep the model. cleanup: free the model. shutdown: from every state.
+    """
 
     def __init__(self, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
-        self.params = self._declare_and_load()
+        self._declare_errors = self._declare_parameters()
+        self.params: dict[str, Any] | None = None  # the validated parameters, while configured
+        self.stats = NodeStats()
+        self.pipeline: Any = None
+        self.adapter: Any = None
+        self.build_only = False
+        self.configure_error = ""  # why the last configure failed ("" after a successful one)
+        self.engine_state = "not loaded"
+        self.log_transition_failures = True  # create_node prints an autostart failure itself, in one line
+        self._last_log: dict[str, float] = {}
+        self._pipeline_log = _RecordingLogger(self.get_logger())
+        self._lock = threading.Lock()  # the newest cloud, the image buffer
+        self._frame_lock = threading.Lock()  # held while a frame is processed and published
+        self._latest: tuple[PointCloud2, int] | None = None  # (message, arrival monotonic ns)
+        self._camera_info: CameraInfo | None = None
+        self._sync: NearestImage | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._worker: threading.Thread | None = None
-        self.adapter = None
-        self.build_only = bool(self.params["network.build_only"])
-        if self.build_only:  # build (or load) the engine, then the caller exits: no pipeline, no topics
-            from kp3d_ros.backends.factory import build_engine_only
-
-            self.get_logger().info(build_engine_only(self.params, logger=_RecordingLogger(self.get_logger())))
-            return
-        self.stats = NodeStats()
-        self._last_log: dict[str, float] = {}
-        from kp3d_ros.core.pipeline import PerceptionPipeline
-
-        self._pipeline_log = _RecordingLogger(self.get_logger())
-        self.pipeline = PerceptionPipeline.from_params(self.params, logger=self._pipeline_log)
-        self.adapter = self._create_adapter()
-        self._lock = threading.Lock()
-        self._latest: tuple[PointCloud2, int] | None = None  # (message, arrival monotonic ns)
-        self._image: Image | None = None
-        self._camera_info: CameraInfo | None = None
-
-        qos = input_qos(self.params["qos.reliability"], self.params["qos.depth"])
-        self.cloud_sub = self.create_subscription(PointCloud2, "points", self._on_cloud, qos)
-        if self.params["camera.enabled"]:
-            self.create_subscription(Image, "image", self._on_image, qos)
-            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
-            self.overlay_pub = self.create_publisher(Image, "~/overlay", output_qos())
-        self.skeletons_pub = self.create_publisher(MarkerArray, "~/skeletons", output_qos())
-        self.keypoints_pub = self.create_publisher(PointCloud2, "~/keypoints", output_qos())
-        self.segmentation_pub = self.create_publisher(PointCloud2, "~/segmentation", output_qos())
-        self.flow_pub = self.create_publisher(PointCloud2, "~/scene_flow", output_qos())
+        self._inputs: list[Any] = []  # subscriptions, while active
+        self._outputs: dict[str, Any] = {}  # lifecycle publishers, while configured
+        self._active = False
+        self._active_since: float | None = None
+        self.vision_msgs = optional_messages("vision_msgs")
+        self.tf_msgs = optional_messages("tf2_msgs")
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", output_qos(10))
-        self.diagnostics_timer = self.create_timer(self.params["diagnostics.period_s"], self.publish_diagnostics)
+        self.diagnostics_timer = self.create_timer(self._declared("diagnostics.period_s"), self.publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-
-        # Everything loaded so far (torch, ONNX Runtime, SciPy, the model) lives as long as the node: move it
-        # out of the garbage collector's view: a full collection scanned it for ~120 ms with every thread
-        # stopped (measured in the node's test process).
-        gc.collect()
-        gc.freeze()
-        self._worker = threading.Thread(target=self._work, name="kp3d_worker", daemon=True)
-        self._worker.start()
-        self.get_logger().info(
-            f"kp3d_node ready: backend {self.backend_name()} ({self.backend_reason()}), "
-            f"subscribed to {self.cloud_sub.topic_name}")
 
     # Parameters ---------------------------------------------------------------------------------
 
-    def _declare_and_load(self) -> dict[str, Any]:
+    def _declare_parameters(self) -> dict[str, str]:
+        """Declare every parameter; an override rclpy refuses (type, range) is kept as an error for configure,
+        and the parameter is declared with its default so that the node lives on."""
+        errors = {}
         for spec in PARAMETERS:
             try:
                 self.declare_parameter(spec.name, spec.default, _descriptor(spec))
             except Exception as error:  # rclpy raises several types for a bad override
-                raise ParameterError(f"{spec.name}: {error}") from error
+                errors[spec.name] = f"{spec.name}: {' '.join(str(error).split())}"
+                self.declare_parameter(spec.name, spec.default, _descriptor(spec), ignore_override=True)
+        return errors
+
+    def _declared(self, name: str) -> Any:
+        """A declared value if it is valid on its own, else the default (before configure validates all)."""
+        try:
+            return params_module.validate(name, _plain(self.get_parameter(name).value))
+        except ParameterError:
+            return params_module.SPECS[name].default
+
+    def _load_params(self) -> dict[str, Any]:
+        if self._declare_errors:
+            raise ParameterError("; ".join(self._declare_errors.values()))
         given = {spec.name: _plain(self.get_parameter(spec.name).value) for spec in PARAMETERS}
         return params_module.load_params(overrides=given)
 
     def _on_set_parameters(self, changes: list[Parameter]) -> SetParametersResult:
         try:
-            merged = dict(self.params)
+            merged = dict(self.params or params_module.defaults())
             for change in changes:
                 if change.name == "use_sim_time":
                     continue
                 merged[change.name] = params_module.validate(change.name, _plain(change.value))
-            merged = params_module.load_params(overrides=merged)
+            if self.params is not None:  # configured: the pairs must agree now (configure checks them otherwise)
+                merged = params_module.load_params(overrides=merged)
         except ParameterError as error:
             return SetParametersResult(successful=False, reason=str(error))
-        self.params = merged
-        update = getattr(self.pipeline, "update_params", None)
-        if update is not None:
-            update(merged)
-        if self.adapter is not None:
-            self.adapter.params = merged
+        for change in changes:
+            self._declare_errors.pop(change.name, None)
+        if self.params is not None:
+            self.params = merged
+            update = getattr(self.pipeline, "update_params", None)
+            if update is not None:
+                update(merged)
+            if self.adapter is not None:
+                self.adapter.params = merged
+            if self._sync is not None:
+                self._sync.max_offset_ns = int(merged["camera.max_offset_s"] * 1e9)
         if any(change.name == "diagnostics.period_s" for change in changes):
             self.destroy_timer(self.diagnostics_timer)
-            self.diagnostics_timer = self.create_timer(merged["diagnostics.period_s"], self.publish_diagnostics)
+            period = next(c.value for c in changes if c.name == "diagnostics.period_s")
+            self.diagnostics_timer = self.create_timer(float(period), self.publish_diagnostics)
         return SetParametersResult(successful=True)
+
+    # Lifecycle ------------------------------------------------------------------------------------
+
+    def lifecycle_state(self) -> str:
+        """The current state's label: unconfigured, inactive, active, finalized, or a transition state."""
+        return str(self._state_machine.current_state[1])
+
+    def _failed(self, what: str, error: BaseException) -> TransitionCallbackReturn:
+        if isinstance(error, ParameterError):
+            self.configure_error = f"invalid parameters: {' '.join(str(error).split())}"
+        else:
+            self.configure_error = f"cannot start the pipeline: {one_line(error)}"
+        if self.log_transition_failures:
+            self.get_logger().error(f"{what} failed: {self.configure_error}")
+        self._release()
+        return TransitionCallbackReturn.FAILURE
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            params = self._load_params()
+            self.build_only = bool(params["network.build_only"])
+            if self.build_only:  # build (or load) the engine; there is nothing to activate
+                from kp3d_ros.backends.factory import build_engine_only
+
+                self.get_logger().info(build_engine_only(params, logger=self._pipeline_log))
+                self.params, self.configure_error, self.engine_state = params, "", "built (network.build_only)"
+                return TransitionCallbackReturn.SUCCESS
+            from kp3d_ros.core.pipeline import PerceptionPipeline
+
+            self.pipeline = PerceptionPipeline.from_params(params, logger=self._pipeline_log)
+            started = time.perf_counter()
+            self.pipeline.backend.warm_up()
+            self.engine_state = f"loaded, warmed up in {1000 * (time.perf_counter() - started):.0f} ms"
+            self.params = params
+            self.adapter = self._create_adapter()
+            self._create_outputs(params)
+        except Exception as error:  # any fault: stay unconfigured, alive, and say why
+            return self._failed("configure", error)
+        self.configure_error = ""
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._work, name="kp3d_worker", daemon=True)
+        self._worker.start()
+        # Everything loaded so far (torch, ONNX Runtime, SciPy, the model) lives as long as the configuration: move
+        # it out of the garbage collector's view: a full collection scanned it for ~120 ms with every thread
+        # stopped (measured in the node's test process). Cleanup unfreezes it.
+        gc.collect()
+        gc.freeze()
+        self.get_logger().info(f"configured: backend {self.backend_name()} ({self.backend_reason()}), "
+                               f"engine {self.engine_state}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _create_outputs(self, params: dict[str, Any]) -> None:
+        publish = self.create_lifecycle_publisher
+        self._outputs = {
+            "skeletons": publish(MarkerArray, "~/skeletons", output_qos()),
+            "keypoints": publish(PointCloud2, "~/keypoints", output_qos()),
+            "segmentation": publish(PointCloud2, "~/segmentation", output_qos()),
+            "scene_flow": publish(PointCloud2, "~/scene_flow", output_qos()),
+        }
+        if params["camera.enabled"]:
+            self._outputs["overlay"] = publish(Image, "~/overlay", output_qos())
+            self._sync = NearestImage(int(params["camera.max_offset_s"] * 1e9), params["camera.buffer_size"])
+        if params["output.detections"] and self.vision_msgs is not None:
+            self._outputs["detections"] = publish(self.vision_msgs.Detection3DArray, "~/detections", output_qos())
+        if params["output.body_frames"] and self.tf_msgs is not None:
+            self._outputs["tf"] = publish(self.tf_msgs.TFMessage, TF_TOPIC, TF_QOS)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.build_only:
+            self.get_logger().error("network.build_only is set: nothing to activate")
+            return TransitionCallbackReturn.FAILURE
+        qos = input_qos(self.params["qos.reliability"], self.params["qos.depth"])
+        self.cloud_sub = self.create_subscription(PointCloud2, "points", self._on_cloud, qos)
+        self._inputs = [self.cloud_sub]
+        if self.params["camera.enabled"]:
+            self._inputs.append(self.create_subscription(Image, "image", self._on_image, qos))
+            self._inputs.append(self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos))
+        self._active, self._active_since = True, time.monotonic()
+        self.get_logger().info(f"active: subscribed to {self.cloud_sub.topic_name}")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS  # back to unconfigured
+
+    def _stop_inputs(self) -> None:
+        """Unsubscribe, and wait for the frame in progress: nothing is published after this."""
+        for subscription in self._inputs:
+            self.destroy_subscription(subscription)
+        self._inputs, self.cloud_sub = [], None
+        with self._frame_lock:
+            self._active, self._active_since = False, None
+            with self._lock:
+                self._latest = None
+                if self._sync is not None:
+                    self._sync.clear()
+
+    def _release(self) -> None:
+        """Stop the worker and free the publishers, the pipeline (model) and the adapter."""
+        self._stop.set()
+        self._wake.set()
+        if self._worker is not None and self._worker.is_alive() and self._worker is not threading.current_thread():
+            self._worker.join(timeout=5.0)
+        self._worker = None
+        for publisher in self._outputs.values():
+            self.destroy_lifecycle_publisher(publisher)
+        self._outputs, self._sync, self._camera_info = {}, None, None
+        if self.adapter is not None:
+            self.adapter.close()
+        self.pipeline, self.adapter, self.params, self.build_only = None, None, None, False
+        self.engine_state = "not loaded"
+        gc.unfreeze()
+        gc.collect()
 
     # Helpers --------------------------------------------------------------------------------------
 
@@ -201,10 +340,14 @@ class Kp3dNode(Node):
         return adapter
 
     def backend_name(self) -> str:
+        if self.pipeline is None:
+            return "none"
         backend = getattr(self.pipeline, "backend", None)
         return str(getattr(backend, "name", type(backend).__name__))
 
     def backend_reason(self) -> str:
+        if self.pipeline is None:
+            return ""
         reason = getattr(self.pipeline, "backend_reason", None)
         if reason is None:  # the pipeline logs "backend: NAME (REASON)" when it builds the backend
             reason = next((m.partition("(")[2].rpartition(")")[0] for m in self._pipeline_log.messages
@@ -234,24 +377,29 @@ class Kp3dNode(Node):
         self._wake.set()
 
     def _on_image(self, msg: Image) -> None:
-        self._image = msg
+        with self._lock:
+            if self._sync is not None:
+                self._sync.add_image(_stamp_ns(msg.header), msg)
+        self._wake.set()  # clouds waiting for a later image may now have their pair
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            if not self._wake.wait(timeout=0.1):
-                continue
+            self._wake.wait(timeout=0.1)
             with self._lock:
                 latest, self._latest = self._latest, None
                 self._wake.clear()
-            if latest is None:
-                continue
-            try:
-                self.process(*latest)
-            except Exception as error:  # keep the node alive; the frame is lost and counted
-                self._malformed("processing_error", f"{type(error).__name__}: {error}")
+            with self._frame_lock:
+                if not self._active or self._stop.is_set():
+                    continue
+                try:
+                    if latest is not None:
+                        self.process(*latest)
+                    self._publish_overlays()
+                except Exception as error:  # keep the node alive; the frame is lost and counted
+                    self._malformed("processing_error", f"{type(error).__name__}: {error}")
 
     # Processing -----------------------------------------------------------------------------------
 
@@ -279,49 +427,80 @@ class Kp3dNode(Node):
         xyz, nonfinite = converted
         result = self.pipeline.process(xyz, _stamp_ns(msg.header))
         people = [(p.track_id, p.joints) for p in result.people]
-        self.skeletons_pub.publish(skeleton_markers(msg.header, people))
+        out = self._outputs
+        out["skeletons"].publish(skeleton_markers(msg.header, people))
         end_to_end_ms = (time.monotonic_ns() - arrival_ns) / 1e6
         keypoints = layouts.keypoints_array([(p.track_id, p.joints, p.confidence) for p in result.people])
-        self.keypoints_pub.publish(array_to_cloud(keypoints, msg.header))
-        self.segmentation_pub.publish(array_to_cloud(segmentation_array(result.people), msg.header))
-        self.flow_pub.publish(array_to_cloud(scene_flow_array(result.people), msg.header))
-        if self.params["camera.enabled"]:
-            self._publish_overlay(people)
-        self.stats.on_output(_stamp_ns(msg.header), end_to_end_ms, dict(result.timings_ms), len(people), nonfinite)
+        out["keypoints"].publish(array_to_cloud(keypoints, msg.header))
+        out["segmentation"].publish(array_to_cloud(segmentation_array(result.people), msg.header))
+        out["scene_flow"].publish(array_to_cloud(scene_flow_array(result.people), msg.header))
+        if "detections" in out:
+            out["detections"].publish(detections(self.vision_msgs, msg.header, result.people))
+        if "tf" in out and result.people:
+            out["tf"].publish(self.tf_msgs.TFMessage(transforms=body_transforms(msg.header, result.people)))
+        if self._sync is not None:
+            with self._lock:
+                self._sync.add_cloud(_stamp_ns(msg.header), people, time.monotonic_ns())
+        self.stats.on_output(_stamp_ns(msg.header), end_to_end_ms, dict(result.timings_ms), len(people), nonfinite,
+                             self.params["diagnostics.frame_budget_ms"])
 
-    def _publish_overlay(self, people: list[tuple[int, np.ndarray]]) -> None:
-        image, info = self._image, self._camera_info
-        if image is None:
+    def _publish_overlays(self) -> None:
+        """An overlay for each cloud whose image pairing is decided: on the image nearest in time to the cloud,
+        within camera.max_offset_s; a cloud without such an image is counted (overlay_skipped_no_image_in_time)."""
+        if self._sync is None:
             return
-        if info is None:
-            self.stats.on_overlay_error("missing_camera_info")
-            self._warn("overlay/info", "no camera_info received yet: ~/overlay not published")
-            return
-        try:
-            self.overlay_pub.publish(overlay_image(image, info, people, self.params["camera.extrinsics"]))
-        except OverlayError as error:
-            reason = "unsupported_encoding" if "encoding" in str(error) else "bad_image"
-            self.stats.on_overlay_error(reason)
-            self._warn(f"overlay/{reason}", f"no overlay: {error}")
+        with self._lock:
+            pairings = self._sync.ready(time.monotonic_ns())
+        for pairing in pairings:
+            if pairing.image is None:
+                self.stats.on_overlay(None)
+                continue
+            info = self._camera_info
+            if info is None:
+                self.stats.on_overlay_error("missing_camera_info")
+                self._warn("overlay/info", "no camera_info received yet: ~/overlay not published")
+                continue
+            try:
+                overlay = overlay_image(pairing.image, info, pairing.cloud, self.params["camera.extrinsics"])
+            except OverlayError as error:
+                self.stats.on_overlay_error(error.reason)
+                self._warn(f"overlay/{error.reason}", f"no overlay: {error}")
+                continue
+            self._outputs["overlay"].publish(overlay)
+            self.stats.on_overlay(pairing.offset_ns)
+
+    def _standard_outputs(self) -> dict[str, str]:
+        """What the node does with the optional standard messages (for /diagnostics)."""
+        params = self.params or {name: self._declared(name) for name in ("output.detections", "output.body_frames")}
+        detections_state = ("unavailable: vision_msgs not installed" if self.vision_msgs is None else
+                            "on (~/detections)" if params["output.detections"] else "off (output.detections)")
+        frames_state = ("unavailable: tf2_msgs not installed" if self.tf_msgs is None else
+                        "on (/tf)" if params["output.body_frames"] else "off (output.body_frames)")
+        return {"detections": detections_state, "body_frames": frames_state}
 
     def publish_diagnostics(self) -> None:
-        extra: dict[str, Any] = {"backend": self.backend_name(), "backend_reason": self.backend_reason()}
+        state = self.lifecycle_state()
+        extra: dict[str, Any] = {"lifecycle_state": state, "configure_error": self.configure_error,
+                                 "backend": self.backend_name(), "backend_reason": self.backend_reason(),
+                                 "engine_state": self.engine_state, **self._standard_outputs(),
+                                 "seconds_active": 0.0 if self._active_since is None else
+                                 time.monotonic() - self._active_since}
         if self.adapter is not None:
             try:
                 extra.update({f"adaptation_{k}": v for k, v in self.adapter.state().items()})
             except Exception as error:  # diagnostics must not take the node down
                 extra["adaptation_error"] = str(error)
+        values = {**self.stats.snapshot(), **extra}
+        params = self.params or {spec.name: self._declared(spec.name) for spec in PARAMETERS}
+        level, message = assess(values, params, state, self.configure_error)
         stamp = self.get_clock().now().to_msg()
-        self.diagnostics_pub.publish(diagnostic_array(stamp, self.get_fully_qualified_name(), self.stats.snapshot(),
-                                                      extra))
+        self.diagnostics_pub.publish(diagnostic_array(stamp, self.get_fully_qualified_name(), values, level, message))
 
     def destroy_node(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._worker is not None and self._worker.is_alive():
-            self._worker.join(timeout=5.0)
-        if self.adapter is not None:
-            self.adapter.close()
+        if self.lifecycle_state() in ("unconfigured", "inactive", "active"):
+            self.trigger_shutdown()
+        self._stop_inputs()
+        self._release()
         super().destroy_node()
 
 
@@ -359,14 +538,25 @@ def one_line(error: BaseException) -> str:
 
 
 def create_node(**node_kwargs: Any) -> Kp3dNode | None:
-    """The node, or None after printing one line saying why it cannot start (bad parameters, a missing or
-    broken model, no backend, any other start-up fault)."""
+    """The node; with lifecycle.autostart (the default) configured and active.
+
+    None after printing one line saying why it cannot start (bad parameters, a missing or broken model, no
+    backend, any other start-up fault). With network.build_only the node is configured only (nothing to run).
+    """
     try:
-        return Kp3dNode(**node_kwargs)
-    except ParameterError as error:
-        print(f"{NODE_NAME}: invalid parameters: {' '.join(str(error).split())}", file=sys.stderr)
-    except Exception as error:  # any other start-up fault: one line, no traceback (backends have own types)
-        print(f"{NODE_NAME}: cannot start the pipeline: {one_line(error)}", file=sys.stderr)
+        node = Kp3dNode(**node_kwargs)
+    except Exception as error:  # rclpy could not create the node at all
+        print(f"{NODE_NAME}: cannot start: {one_line(error)}", file=sys.stderr)
+        return None
+    if not node._declared("lifecycle.autostart"):
+        return node
+    node.log_transition_failures = False
+    configured = node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    node.log_transition_failures = True
+    if configured and (node.build_only or node.trigger_activate() == TransitionCallbackReturn.SUCCESS):
+        return node
+    print(f"{NODE_NAME}: {node.configure_error or 'activation failed'}", file=sys.stderr)
+    node.destroy_node()
     return None
 
 

@@ -43,7 +43,11 @@ DEFAULT_REMAPS = {"points": "/points", "image": "/camera/image_raw", "camera_inf
 
 def make_node(params: dict[str, Any], use_sim_time: bool = False, remaps: dict[str, str] | None = None,
               **node_kwargs: Any) -> Kp3dNode | None:
-    """The kp3d node with these parameters, its inputs remapped like the launch file's defaults."""
+    """The kp3d node with these parameters, its inputs remapped like the launch file's defaults.
+
+    With lifecycle.autostart (the default) the node is configured and active (processing) when returned; with it
+    false the node is unconfigured, for a lifecycle manager. None when the node cannot start (printed why).
+    """
     cli_args = ["--ros-args"]
     for name, topic in {**DEFAULT_REMAPS, **(remaps or {})}.items():
         cli_args += ["-r", f"{name}:={topic}"]
@@ -85,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", default=DEFAULT_REMAPS["image"], help="camera image topic (camera.enabled)")
     parser.add_argument("--camera-info", default=DEFAULT_REMAPS["camera_info"], help="camera info topic")
     parser.add_argument("--duration", type=float, help="stop after this many seconds (default: end of bag or Ctrl-C)")
+    parser.add_argument("--unconfigured", action="store_true",
+                        help="leave the node unconfigured for an external lifecycle manager (lifecycle.autostart "
+                             "false); default: configure and activate it")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -92,6 +99,8 @@ def main(args: argparse.Namespace) -> int:
         overrides = parse_overrides(args.set)
         if args.backend:
             overrides["network.backend"] = args.backend
+        if args.unconfigured:
+            overrides["lifecycle.autostart"] = False
         params = params_module.load_params(args.params, overrides)
     except ParameterError as error:
         print(f"kp3d run: invalid parameters: {error}", file=sys.stderr)
