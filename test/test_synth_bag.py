@@ -130,3 +130,23 @@ def test_cli_writes_a_bag(tmp_path, capsys):
     assert cli.main(["synth-bag", str(out), "--people", "1", "--seconds", "0.2", "--preset", PRESET]) == 0
     assert "2 scans" in capsys.readouterr().out
     assert len(list(bagio.iter_scans(out))) == 2
+
+
+def test_camera_on_its_own_clock_with_jitter(tmp_path):
+    stamps = bag._camera_stamps(seconds=2.0, rate_hz=10.0, camera_rate_hz=7.0, jitter_s=0.02, seed=3)
+    nominal = [START_NS + round(j * 1e9 / 7.0) for j in range(len(stamps))]
+    assert len(stamps) == 14  # j / 7 s below 1.95 s, the last scan's half period
+    deviations = np.abs(np.array(stamps) - np.array(nominal)) / 1e6
+    assert deviations.max() <= 20.0 and deviations.mean() > 3.0  # really jittered, within the bound
+    assert stamps == sorted(stamps)
+    assert bag._camera_stamps(2.0, 10.0, 5.0, 0.0, 3) == [START_NS + j * 200_000_000 for j in range(10)]
+    with pytest.raises(ValueError, match="jitter"):
+        bag.write_scene_bag(tmp_path / "x.mcap", 1, 0.2, "vlp16", camera=True, camera_rate_hz=5.0,
+                            camera_jitter_s=0.1)
+    path = tmp_path / "jitter.mcap"
+    summary = bag.write_scene_bag(path, 1, 0.3, "vlp16", seed=2, camera=True, camera_rate_hz=7.0, camera_jitter_s=0.03)
+    messages = _messages(path)
+    images = [log_ns for log_ns, _, _ in messages[bag.TOPIC_IMAGE]]
+    assert summary.num_images == len(images) == 2  # 0 and 1/7 s, within the 3 scans (to 0.25 s)
+    assert images == bag._camera_stamps(0.3, 10.0, 7.0, 0.03, 2)
+    assert [bagio.stamp_ns(msg) for _, msg, _ in messages[bag.TOPIC_IMAGE]] == images

@@ -10,7 +10,9 @@ Written with `rosbags` (pure Python, no ROS needed). Topics, all in frame "lidar
 - /kp3d/gt/scene_flow (PointCloud2, layouts.SCENE_FLOW): every person point with its true motion to the
   next scan (metres per frame)
 - /camera/image_raw (sensor_msgs/Image rgb8, frame "camera") and /camera/camera_info, with --camera,
-  at --camera-rate (stamps equal to those of the scan taken at the same time)
+  at --camera-rate on its own clock (image j at j / camera-rate s, plus a uniform jitter of up to
+  --camera-jitter s; each image renders the scene of the scan nearest to it, so with a camera rate that
+  divides the LiDAR rate and no jitter the image stamps equal those of the scans taken at the same time)
 
 Header stamps equal bag timestamps: START_NS + frame / rate. An output path ending in .mcap (or .db3)
 becomes a single storage file (``ros2 bag play`` and rosbags both read it); any other path becomes a
@@ -33,7 +35,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from kp3d_ros.layouts import SCENE_FLOW, SEGMENTATION, XYZI, fields_of, keypoints_array
 from kp3d_ros.synth.lidar import PRESETS
-from kp3d_ros.synth.scene import ScanFrame, SceneSimulator
+from kp3d_ros.synth.scene import START_NS, ScanFrame, SceneSimulator
 
 LIDAR_FRAME = "lidar"
 TOPIC_POINTS = "/points"
@@ -143,7 +145,8 @@ def _storage_of(path: Path, storage: str) -> tuple[StoragePlugin, bool]:
 def write_scene_bag(path: str | Path, num_people: int = 5, seconds: float = 10.0, preset: str = "waymo_top",
                     seed: int = 0, camera: bool = False, storage: str = "mcap", rate_hz: float = 10.0,
                     camera_rate_hz: float = 5.0, gt_min_points: int = 1, overwrite: bool = False,
-                    progress: bool = False, pose_share: float = 0.0, child_share: float = 0.0) -> BagSummary:
+                    progress: bool = False, pose_share: float = 0.0, child_share: float = 0.0,
+                    camera_jitter_s: float = 0.0) -> BagSummary:
     """Simulate a scene and write it as a ROS 2 bag; returns what was written and how long it took."""
     from kp3d_ros.synth.camera import PinholeCamera, SceneRenderer
 
@@ -151,6 +154,8 @@ def write_scene_bag(path: str | Path, num_people: int = 5, seconds: float = 10.0
     plugin, single_file = _storage_of(path, storage)
     if seconds <= 0 or rate_hz <= 0 or camera_rate_hz <= 0:
         raise ValueError("seconds, rate and camera rate must be positive")
+    if not 0.0 <= camera_jitter_s < 0.5 / camera_rate_hz:
+        raise ValueError("camera jitter must be at least 0 and below half the camera period")
     if not (0.0 <= pose_share <= 1.0 and 0.0 <= child_share <= 1.0):
         raise ValueError("pose share and child share must be within 0 and 1")
     if path.exists():
@@ -159,7 +164,8 @@ def write_scene_bag(path: str | Path, num_people: int = 5, seconds: float = 10.0
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
     num_frames = max(1, round(seconds * rate_hz))
-    image_every = max(1, round(rate_hz / camera_rate_hz))
+    image_stamps = _camera_stamps(seconds, rate_hz, camera_rate_hz, camera_jitter_s, seed) if camera else []
+    next_image = 0
     started = time.perf_counter()
     sim = SceneSimulator(num_people, preset, seed=seed, rate_hz=rate_hz, keep_geometry=camera, pose_share=pose_share,
                          child_share=child_share)
@@ -183,21 +189,32 @@ def write_scene_bag(path: str | Path, num_people: int = 5, seconds: float = 10.0
                 writer.write(connections[topic], stamp, messages.store.serialize_cdr(msg, topics[topic]))
                 counts[topic] = counts.get(topic, 0) + 1
 
+            def write_image(frame, stamp: int) -> None:
+                nonlocal image_s, num_images
+                t0 = time.perf_counter()
+                rgb = renderer.render(frame.geometry, frame.sensor_pose)
+                image_s += time.perf_counter() - t0
+                num_images += 1
+                write(TOPIC_IMAGE, messages.image(rgb, stamp, cam.frame_id), stamp)
+                write(TOPIC_CAMERA_INFO, messages.camera_info(cam.camera_info(), stamp, cam.frame_id), stamp)
+
+            half_period = round(5e8 / rate_hz)
             tick = time.perf_counter()
             for frame in sim.frames(num_frames):
                 scan_s += time.perf_counter() - tick
+                # the images nearest to this scan: those before it first, so that the bag is in time order
+                mine = []
+                while next_image < len(image_stamps) and image_stamps[next_image] < frame.stamp_ns + half_period:
+                    mine.append(image_stamps[next_image])
+                    next_image += 1
+                for stamp in (s for s in mine if s < frame.stamp_ns):
+                    write_image(frame, stamp)
                 for topic, array in scan_arrays(frame, gt_min_points).items():
                     write(topic, messages.cloud(array, frame.stamp_ns), frame.stamp_ns)
                 points_total += len(frame.points)
                 visible_total += sum(p.num_points > 0 for p in frame.people)
-                if renderer is not None and frame.index % image_every == 0:
-                    t0 = time.perf_counter()
-                    rgb = renderer.render(frame.geometry, frame.sensor_pose)
-                    image_s += time.perf_counter() - t0
-                    num_images += 1
-                    write(TOPIC_IMAGE, messages.image(rgb, frame.stamp_ns, cam.frame_id), frame.stamp_ns)
-                    write(TOPIC_CAMERA_INFO, messages.camera_info(cam.camera_info(), frame.stamp_ns, cam.frame_id),
-                          frame.stamp_ns)
+                for stamp in (s for s in mine if s >= frame.stamp_ns):
+                    write_image(frame, stamp)
                 if progress and (frame.index + 1) % max(1, num_frames // 10) == 0:
                     print(f"  {frame.index + 1}/{num_frames} scans", file=sys.stderr, flush=True)
                 tick = time.perf_counter()
@@ -214,6 +231,21 @@ def write_scene_bag(path: str | Path, num_people: int = 5, seconds: float = 10.0
         people=[{"person_id": s.person_id, "action": s.action, "speed": round(s.speed, 2)} for s in sim.people])
 
 
+def _camera_stamps(seconds: float, rate_hz: float, camera_rate_hz: float, jitter_s: float, seed: int) -> list[int]:
+    """Image stamps (ns): image j at START_NS + j / camera_rate_hz plus a uniform jitter in [-jitter_s, jitter_s],
+    within the scans' time span (the last scan's half period included)."""
+    end_ns = round(max(1, round(seconds * rate_hz)) / rate_hz * 1e9 - 5e8 / rate_hz)
+    rng = np.random.default_rng([seed, 7919])
+    stamps = []
+    for j in range(int(seconds * camera_rate_hz) + 2):
+        offset = round(j * 1e9 / camera_rate_hz)
+        if offset >= end_ns:
+            break
+        jitter = round(rng.uniform(-jitter_s, jitter_s) * 1e9) if jitter_s > 0 else 0
+        stamps.append(START_NS + max(0, offset + jitter))
+    return stamps
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output bag: NAME.mcap (or NAME.db3) file, or a directory")
     parser.add_argument("--people", type=int, default=5, help="number of people in the scene")
@@ -223,6 +255,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed of the scene")
     parser.add_argument("--camera", action="store_true", help="also render a forward camera (image + camera_info)")
     parser.add_argument("--camera-rate", type=float, default=5.0, help="camera images per second")
+    parser.add_argument("--camera-jitter", type=float, default=0.0,
+                        help="each image stamp moves by a uniform jitter of up to this many seconds")
     parser.add_argument("--storage", default="mcap", choices=sorted(STORAGES), help="rosbag2 storage plugin")
     parser.add_argument("--gt-min-points", type=int, default=1,
                         help="ground-truth keypoints only for people with at least this many LiDAR points")
@@ -237,7 +271,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         summary = write_scene_bag(args.out, args.people, args.seconds, args.preset, args.seed, args.camera,
                                   args.storage, args.rate, args.camera_rate, args.gt_min_points, args.overwrite,
-                                  progress=True, pose_share=args.pose_share, child_share=args.children)
+                                  progress=True, pose_share=args.pose_share, child_share=args.children,
+                                  camera_jitter_s=args.camera_jitter)
     except (ValueError, FileExistsError, RuntimeError) as exc:
         print(f"kp3d synth-bag: {exc}", file=sys.stderr)
         return 2
