@@ -121,3 +121,45 @@ def test_sweep_times():
     points = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, 1e-6, 0.0]], np.float32)
     t = sweep_times(points, 0.1, 0.0)
     np.testing.assert_allclose(t, [0.0, 0.025, 0.05], atol=1e-6)
+
+
+def test_pose_sequence_holds_blends_and_loops():
+    from kp3d_ros.synth.pose_sequence import TRANSITION, PoseSequence, blend, draw_sequence
+
+    rng = np.random.default_rng(4)
+    seq = draw_sequence(["squat", "upright", "lie"], rng)
+    squat, upright, lie = seq.draws
+    (h0, h1, h2), b = seq.holds_s, seq.blend_s
+    assert seq.period_s == pytest.approx(h0 + h1 + h2 + 3 * b)
+    assert seq.at(0.5 * h0) == (squat, "squat") and seq.at(h0 + b + 0.5 * h1)[1] == "upright"
+    middle, label = seq.at(h0 + 0.5 * b)
+    assert label == TRANSITION
+    np.testing.assert_allclose(middle.angles, 0.5 * (squat.angles + upright.angles), atol=1e-6)
+    np.testing.assert_allclose(seq.at(h0 + 1e-6)[0].angles, squat.angles, atol=1e-5)  # no jump into the blend
+    np.testing.assert_allclose(seq.at(h0 + b - 1e-6)[0].angles, upright.angles, atol=1e-5)  # nor out of it
+    lying_down = blend(upright, lie, 0.5)
+    assert lying_down.pitch == pytest.approx(0.5 * lie.pitch) and lying_down.roll == pytest.approx(0.5 * lie.roll)
+    assert seq.at(seq.period_s + 0.5 * h0)[0] is squat  # and round again
+    low, high = np.deg2rad(ANATOMICAL_LIMITS_DEG[:, 0]), np.deg2rad(ANATOMICAL_LIMITS_DEG[:, 1])
+    for t in np.linspace(0, seq.period_s, 97):
+        angles = seq.at(t)[0].angles
+        assert np.all(angles >= low - 1e-6) and np.all(angles <= high + 1e-6)
+    with pytest.raises(ValueError):
+        PoseSequence([squat], [1.0, 2.0], 1.0)
+
+
+def test_scene_people_go_through_pose_transitions():
+    from kp3d_ros.synth.pose_sequence import TRANSITION
+    from kp3d_ros.synth.scene import SceneSimulator
+
+    sim = SceneSimulator(4, preset="vlp16", seed=8, pose_share=1.0, transitions=True)
+    changing = [i for i, s in enumerate(sim.people) if s.sequence is not None]
+    assert len(changing) == 2 and all(sim.people[i].action == "sequence" for i in changing)
+    i = changing[0]
+    period = sim.people[i].sequence.period_s
+    times = np.linspace(0.0, period, 40)
+    labels = [sim.people[i].held(t)[1] for t in times]
+    heads = np.array([sim.pose_people(t).joints[i, JOINT_INDEX["head_center"], 2] for t in times])
+    assert {"upright", TRANSITION} <= set(labels) and len(set(labels) - {"upright", TRANSITION}) == 2
+    assert heads.max() - heads.min() > 0.4  # they stand up between the two held poses
+    assert np.abs(np.diff(heads)).max() < 0.5 * (heads.max() - heads.min())  # gradually, not in one frame

@@ -146,7 +146,7 @@ def write_scene_bag(path: str | Path, num_people: int = 5, seconds: float = 10.0
                     seed: int = 0, camera: bool = False, storage: str = "mcap", rate_hz: float = 10.0,
                     camera_rate_hz: float = 5.0, gt_min_points: int = 1, overwrite: bool = False,
                     progress: bool = False, pose_share: float = 0.0, child_share: float = 0.0,
-                    camera_jitter_s: float = 0.0) -> BagSummary:
+                    camera_jitter_s: float = 0.0, transitions: bool = False) -> BagSummary:
     """Simulate a scene and write it as a ROS 2 bag; returns what was written and how long it took."""
     from kp3d_ros.synth.camera import PinholeCamera, SceneRenderer
 
@@ -168,7 +168,7 @@ def write_scene_bag(path: str | Path, num_people: int = 5, seconds: float = 10.0
     next_image = 0
     started = time.perf_counter()
     sim = SceneSimulator(num_people, preset, seed=seed, rate_hz=rate_hz, keep_geometry=camera, pose_share=pose_share,
-                         child_share=child_share)
+                         child_share=child_share, transitions=transitions)
     cam = PinholeCamera()
     renderer = SceneRenderer(cam, sim.world) if camera else None
     messages = _Messages()
@@ -265,6 +265,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of the people after the crossing pair who hold a pose of the pose library "
                              "(squat, kneel, sit, bend, lie, crawl, reach, jump)")
     parser.add_argument("--children", type=float, default=0.0, help="share of children among the people")
+    parser.add_argument("--transitions", action="store_true",
+                        help="the people who hold a pose go through two, standing up in between (with --pose-share)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -272,7 +274,7 @@ def main(args: argparse.Namespace) -> int:
         summary = write_scene_bag(args.out, args.people, args.seconds, args.preset, args.seed, args.camera,
                                   args.storage, args.rate, args.camera_rate, args.gt_min_points, args.overwrite,
                                   progress=True, pose_share=args.pose_share, child_share=args.children,
-                                  camera_jitter_s=args.camera_jitter)
+                                  camera_jitter_s=args.camera_jitter, transitions=args.transitions)
     except (ValueError, FileExistsError, RuntimeError) as exc:
         print(f"kp3d synth-bag: {exc}", file=sys.stderr)
         return 2

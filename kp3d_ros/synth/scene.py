@@ -17,10 +17,11 @@ from itertools import pairwise
 
 import numpy as np
 
-from kp3d_ros.skeleton import PART_INDEX
-from kp3d_ros.synth.body import CHILD_RANGES, NUM_DOF, Phenotypes, Poses, get_body_model, yaw_transforms
+from kp3d_ros.skeleton import JOINT_NAMES, PART_INDEX
+from kp3d_ros.synth.body import CHILD_RANGES, NUM_DOF, Phenotypes, PosedBodies, Poses, get_body_model, yaw_transforms
 from kp3d_ros.synth.lidar import PRESETS, LidarPreset, cast, surface_points
 from kp3d_ros.synth.motion import action_poses
+from kp3d_ros.synth.pose_sequence import PoseSequence, draw_sequence
 from kp3d_ros.synth.poses import PoseDraw, draw_family, place
 from kp3d_ros.synth.static_world import Ground, WorldMesh, build_static_world
 
@@ -102,6 +103,7 @@ class PersonScript:
     yaw_rate: float = 0.0  # rad/s, turners only
     phase0: float = 0.0
     pose: PoseDraw | None = None  # a held pose of the pose library (action = its family), else None
+    sequence: PoseSequence | None = None  # held poses with transitions (action "sequence"), else None
 
     @property
     def length(self) -> float:
@@ -140,6 +142,13 @@ class PersonScript:
 
     def phase(self, t: float) -> float:
         return self.phase0 + self.cycle_hz * t
+
+    def held(self, t: float) -> tuple[PoseDraw | None, str]:
+        """The pose held at time t (None for people whose action is a motion) and the action's label then:
+        the family held, pose_sequence.TRANSITION between two, or the motion's name."""
+        if self.sequence is not None:
+            return self.sequence.at(t + self.time_offset)
+        return self.pose, self.action
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -200,19 +209,30 @@ def _walker_path(rng: np.random.Generator) -> np.ndarray:
     return start + radius * np.stack([np.sin(yaw) - np.sin(heading), -np.cos(yaw) + np.cos(heading)], -1)
 
 
+def _sequence_families(rng: np.random.Generator) -> list[str]:
+    """Two different SCENE_FAMILIES with standing up between them, e.g. squat, upright, kneel (then back)."""
+    first, second = rng.choice(len(SCENE_FAMILIES), 2, replace=False)
+    return [SCENE_FAMILIES[first], "upright", SCENE_FAMILIES[second]]
+
+
 def script_people(num_people: int, rng: np.random.Generator, min_gap: float = 1.5,
-                  pose_share: float = 0.0) -> list[PersonScript]:
+                  pose_share: float = 0.0, transitions: bool = False) -> list[PersonScript]:
     """Scripts for num_people people: a crossing pair of walkers first (if num_people >= 2), then
     SCRIPTED_ACTIONS, then a random mix of walkers and people staying put, all between MIN_RANGE and
     MAX_RANGE and kept min_gap apart. With pose_share > 0, each person after the crossing pair holds a
-    pose of SCENE_FAMILIES with that probability instead."""
+    pose of SCENE_FAMILIES with that probability instead; with transitions, that person goes through a
+    sequence of two such poses, standing up in between (pose_sequence.PoseSequence)."""
     scripts = _crossing_pair(rng) if num_people >= 2 else []
     actions, weights = list(ACTION_MIX), np.array(list(ACTION_MIX.values()))
     while len(scripts) < num_people:
-        pose = None
+        pose, sequence = None, None
         if pose_share > 0 and len(scripts) >= 2 and rng.random() < pose_share:
-            pose = draw_family(SCENE_FAMILIES[rng.integers(len(SCENE_FAMILIES))], rng)
-            action = pose.family
+            if transitions:
+                sequence = draw_sequence(_sequence_families(rng), rng)
+                action = "sequence"
+            else:
+                pose = draw_family(SCENE_FAMILIES[rng.integers(len(SCENE_FAMILIES))], rng)
+                action = pose.family
         elif num_people == 1:
             action = "walk"
         elif len(scripts) - 2 < len(SCRIPTED_ACTIONS):
@@ -233,11 +253,13 @@ def script_people(num_people: int, rng: np.random.Generator, min_gap: float = 1.
         toward_sensor = float(np.arctan2(-path[0, 1], -path[0, 0]))
         cycle_hz = {"walk": float(np.clip(0.55 + 0.3 * speed, 0.8, 1.05)), "turn": 0.7, "wave": 1.1,
                     "stand": 0.2, "bend": 0.2, "crouch": 0.2}.get(action, 0.8)
-        yaw0 = toward_sensor + (rng.uniform(-np.pi, np.pi) if pose is not None else rng.uniform(-1.5, 1.5))
+        holds = pose is not None or sequence is not None
+        yaw0 = toward_sensor + (rng.uniform(-np.pi, np.pi) if holds else rng.uniform(-1.5, 1.5))
         scripts.append(PersonScript(
             len(scripts), action, int(rng.integers(2**31)), path, speed, cycle_hz,
             time_offset=float(rng.uniform(0, 30)), yaw0=yaw0,
-            yaw_rate=float(rng.choice([-1, 1]) * rng.uniform(0.6, 1.0)), phase0=float(rng.random()), pose=pose))
+            yaw_rate=float(rng.choice([-1, 1]) * rng.uniform(0.6, 1.0)), phase0=float(rng.random()), pose=pose,
+            sequence=sequence))
     return scripts
 
 
@@ -247,7 +269,8 @@ class SceneSimulator:
     def __init__(self, num_people: int, preset: str | LidarPreset = "waymo_top", seed: int = 0,
                  rate_hz: float = 10.0, sensor_height: float = 1.9, ground_slope: float = 0.0,
                  ego_speed: float = 0.0, start_ns: int = START_NS, noise: bool = True,
-                 keep_geometry: bool = False, pose_share: float = 0.0, child_share: float = 0.0) -> None:
+                 keep_geometry: bool = False, pose_share: float = 0.0, child_share: float = 0.0,
+                 transitions: bool = False) -> None:
         if num_people < 0:
             raise ValueError(f"num_people must be >= 0, got {num_people}")
         if rate_hz <= 0:
@@ -262,7 +285,7 @@ class SceneSimulator:
         self.rng = np.random.default_rng(seed)
         slope_dir = self.rng.uniform(-np.pi, np.pi)
         self.ground = Ground(0.0, ground_slope * np.cos(slope_dir), ground_slope * np.sin(slope_dir))
-        self.people = script_people(num_people, self.rng, pose_share=pose_share)
+        self.people = script_people(num_people, self.rng, pose_share=pose_share, transitions=transitions)
         self.world = build_static_world(self.rng, self.ground, [s.path for s in self.people])
         corners = self.world.vertices[self.world.faces]
         self.world_normals = _unit(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]))
@@ -300,22 +323,29 @@ class SceneSimulator:
         return pose
 
     def pose_people(self, t: float):
-        """Posed bodies (world frame) of all people at time t (one batched call)."""
+        """Posed bodies (world frame) of all people at time t: the moving ones in one batched call, those
+        holding a pose in another, in their body frame, to be tipped and lifted before they are moved."""
         n = len(self.people)
         roots = [s.root(t) for s in self.people]
         xy = np.array([r[0] for r in roots]).reshape(n, 2)
         translation = np.concatenate([xy, self.ground.z(xy)[:, None]], 1)
         transforms = yaw_transforms(np.array([r[1] for r in roots]), translation)
-        angles = [s.pose.angles if s.pose is not None else
+        draws = [s.held(t)[0] for s in self.people]
+        angles = [d.angles if d is not None else
                   action_poses(s.action, np.array([s.phase(t)]), np.random.default_rng(s.seed)).angles[0]
-                  for s in self.people]
+                  for s, d in zip(self.people, draws, strict=True)]
         poses = Poses(np.array(angles, dtype=np.float32).reshape(n, NUM_DOF))
-        posed = self.body.pose(self.phenotypes, poses, transforms)
-        held = [i for i, s in enumerate(self.people) if s.pose is not None]
+        held = [i for i, d in enumerate(draws) if d is not None]
+        moving = [i for i, d in enumerate(draws) if d is None]
+        posed = PosedBodies(np.empty((n, self.body.num_vertices, 3), np.float32),
+                            np.empty((n, len(JOINT_NAMES), 3), np.float32))
+        if moving:
+            bodies = self.body.pose(self.phenotypes[moving], poses[moving], transforms[moving])
+            posed.vertices[moving], posed.joints[moving] = bodies.vertices, bodies.joints
         if held:  # tipped, lifted (a jumper's lift follows its cycle) and then moved like everyone else
             local = self.body.pose(self.phenotypes[held], poses[held])
             for k, i in enumerate(held):
-                draw = self.people[i].pose
+                draw = draws[i]
                 lift = draw.lift * max(0.0, float(np.sin(2 * np.pi * self.people[i].phase(t))))
                 v, j = place(local.vertices[k], local.joints[k], replace(draw, lift=lift))
                 rot, shift = transforms[i, :3, :3].astype(np.float32), transforms[i, :3, 3].astype(np.float32)
@@ -361,7 +391,7 @@ class SceneSimulator:
                 flow = surface_points(posed_next.vertices[i], faces, tri, bary) - \
                     surface_points(posed.vertices[i], faces, tri, bary)
                 people.append(PersonTruth(
-                    script.person_id, script.action,
+                    script.person_id, script.held(t)[1],
                     ((posed.joints[i] - origin) @ rotation).astype(np.float32),
                     sel.astype(np.int64), self.body.face_parts[tri].astype(np.uint8),
                     (flow @ rotation).astype(np.float32)))
