@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -101,6 +102,17 @@ def make_bag(path: Path, people: int, seconds: float, seed: int, camera: bool = 
 
     argv = ["synth-bag", str(path), "--people", str(people), "--seconds", str(seconds), "--seed", str(seed)]
     return cli.main(argv + (["--camera"] if camera else []))
+
+
+def private_ros_domain() -> str:
+    """Keep the demo to this machine and, unless ROS_DOMAIN_ID is set, to a ROS domain of its own, so that no
+    other kp3d_node, sensor or recorder on the network mixes with it. Returns the domain used."""
+    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+    if os.environ.get("ROS_DISTRO") == "humble":
+        os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
+    else:
+        os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    return os.environ["ROS_DOMAIN_ID"]
 
 
 def node_command(overrides: dict[str, Any]) -> list[str]:
@@ -340,7 +352,8 @@ def main(args: argparse.Namespace) -> int:
     except ParameterError as error:
         print(f"kp3d demo: invalid parameters: {error}", file=sys.stderr)
         return 2
-    print("playing it through kp3d_node (its own process) ...")
+    domain = private_ros_domain()
+    print(f"playing it through kp3d_node (its own process; ROS domain {domain}, this machine only) ...")
     try:
         collected, stats, frames, backend = play_through_node(bag, overrides, args.rate)
     except RuntimeError as error:
