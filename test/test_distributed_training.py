@@ -16,7 +16,9 @@ import yaml
 from tiny_stage1_data import TINY_MODEL, write_stage1_data
 
 from kp3d_ros.model.checkpoint import load_payload
+from kp3d_ros.synth.dataset import ShardedDataset
 from kp3d_ros.train import stage1
+from kp3d_ros.train.distributed import Ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -133,3 +135,12 @@ def test_a_killed_rank_restarts_and_the_job_resumes(data: Path, tmp_path: Path):
     assert int(resumed[1].split("epoch ")[1].split(",")[0]) >= killed_at
     final = load_payload(out / "last.pt")
     assert (final["epoch"], final["step"]) == (60, 180)
+
+
+def test_batches_must_split_over_the_processes(data: Path, tmp_path: Path):
+    cfg = stage1.merge(stage1.load_config(None), {"train": {"batch_size": 8}})
+    with pytest.raises(ValueError, match=r"^train.batch_size 8 is not a multiple of the 3 processes$"):
+        stage1.batch_source(ShardedDataset(data / "train"), cfg, None, Ranks(0, 3))
+    with pytest.raises(ValueError, match="stream runs in one process"):
+        stage1.batch_source(ShardedDataset(data / "train"), stage1.merge(cfg, {"train": {"sample_seeding": "stream"}}),
+                            None, Ranks(0, 2))

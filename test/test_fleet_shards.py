@@ -107,10 +107,14 @@ def test_stage2_on_two_processes_over_a_manifest(bags: list[Path], tmp_path: Pat
     manifest.write_text("".join(f"{bag}\n" for bag in bags))
     tracks = stage2.load_bag_pairs([str(b) for b in bags], stage2.load_config(None), log=lambda _m: None)
     out = tmp_path / "run"
-    done = run(kp3d("train", "stage2", "--init", str(stage2.DEFAULTS["init"]), "--manifest", str(manifest),
-                    "--out", str(out), "--epochs", "1", "--set", "train.steps_per_epoch=2", "train.batch_size=4",
-                    "train.max_minutes=0", "val_sequences=2", processes=2))
+    args = ["train", "stage2", "--init", str(stage2.DEFAULTS["init"]), "--manifest", str(manifest), "--out",
+            str(out), "--set", "train.steps_per_epoch=2", "train.batch_size=4", "train.max_minutes=0",
+            "val_sequences=2"]
+    done = run(kp3d(*args, "--epochs", "1", processes=2))
     pairs = sum(map(len, tracks))
     assert f"all 2 processes: {pairs} pairs from {len(tracks)} tracks" in done.stdout
     assert done.stdout.count("before: ") == 1  # rank 0 alone logs
     assert load_payload(out / "last.pt")["step"] == 2 and (out / "best.pt").is_file()
+    done = run(kp3d(*args, "--epochs", "2", "--resume", processes=2))
+    assert done.stdout.count(f"resumed from {out / 'last.pt'}: epoch 1, step 2") == 1
+    assert load_payload(out / "last.pt")["step"] == 4

@@ -42,6 +42,12 @@ class Ranks:
         """`log` on rank 0, a no-op elsewhere."""
         return log if self.is_main else (lambda _message: None)
 
+    def per_rank(self, size: int, name: str) -> int:
+        """A global batch of `size` (called `name` in the error) split over the ranks; it must divide."""
+        if size % self.world_size:
+            raise ValueError(f"{name} {size} is not a multiple of the {self.world_size} processes")
+        return size // self.world_size
+
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module to run training forward passes through: DistributedDataParallel over `model` when
         distributed (it averages gradients over the ranks in backward), else `model` itself."""

@@ -163,9 +163,7 @@ def split_batches(dataset, cfg: dict, epoch: int, augmenter=None, ranks: Ranks =
     slice of every batch."""
     tcfg = cfg["train"]
     batch_size = int(tcfg["batch_size"])
-    if batch_size % ranks.world_size:
-        raise ValueError(f"train.batch_size {batch_size} is not a multiple of the {ranks.world_size} processes")
-    per_rank = batch_size // ranks.world_size
+    per_rank = ranks.per_rank(batch_size, "train.batch_size")
     pool = ranks.gathered(available_indices(dataset))[0]  # rank 0's view of a split still being written
     orders: dict[int, np.ndarray] = {}
     for step in range(tcfg["steps_per_epoch"]):
@@ -191,6 +189,7 @@ def batch_source(dataset, cfg: dict, augmenter, ranks: Ranks) -> Callable[[int],
     if seeding == "auto":
         seeding = "per_sample" if ranks.distributed else "stream"
     if seeding == "per_sample":
+        ranks.per_rank(int(cfg["train"]["batch_size"]), "train.batch_size")  # say so before the first step
         return lambda epoch: split_batches(dataset, cfg, epoch, augmenter, ranks)
     if seeding != "stream":
         raise ValueError(f"train.sample_seeding must be auto, stream or per_sample, got {seeding!r}")

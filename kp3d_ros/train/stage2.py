@@ -210,7 +210,7 @@ def pair_batches(tracks: list[list[PairSample]], cfg: dict, epoch: int, ranks: R
     tcfg = cfg["train"]
     rng = np.random.default_rng([cfg["seed"], epoch] + ([ranks.rank] if ranks.distributed else []))
     per = max(1, int(tcfg["pairs_per_track"]))
-    groups = max(1, rank_batch_size(cfg, ranks) // per)
+    groups = max(1, ranks.per_rank(int(tcfg["batch_size"]), "train.batch_size") // per)
     for _ in range(int(tcfg["steps_per_epoch"])):
         chosen = rng.choice(len(tracks), size=groups, replace=len(tracks) < groups)
         samples = []
@@ -218,14 +218,6 @@ def pair_batches(tracks: list[list[PairSample]], cfg: dict, epoch: int, ranks: R
             pairs = tracks[k]
             samples += [pairs[i] for i in rng.choice(len(pairs), size=min(per, len(pairs)), replace=False)]
         yield collate_pairs(samples, cfg["num_points"], rng)
-
-
-def rank_batch_size(cfg: dict, ranks: Ranks, key: str = "batch_size", section: str = "train") -> int:
-    """cfg[section][key] split over the ranks (it must divide)."""
-    size = int(cfg[section][key])
-    if size % ranks.world_size:
-        raise ValueError(f"{section}.{key} {size} is not a multiple of the {ranks.world_size} processes")
-    return size // ranks.world_size
 
 
 def source_objective(cfg: dict, model: torch.nn.Module, ranks: Ranks = SINGLE) -> Callable[[], torch.Tensor] | None:
@@ -239,7 +231,7 @@ def source_objective(cfg: dict, model: torch.nn.Module, ranks: Ranks = SINGLE) -
     s1["num_points"] = cfg["num_points"]
     if ranks.distributed:
         s1["seed"] = int(s1["seed"]) + 1_000_003 * ranks.rank  # rank 0 keeps the one-process stream
-        source = source | {"batch_size": rank_batch_size(cfg, ranks, section="source")}
+        source = source | {"batch_size": ranks.per_rank(int(source["batch_size"]), "source.batch_size")}
     s1["train"] = s1["train"] | {"batch_size": int(source["batch_size"]), "steps_per_epoch": 1 << 30}
     dataset = stage1.open_split(Path(source["data"]), "train")
     batches = stage1.training_batches(dataset, s1, 0, stage1.make_augmenter(s1["augment"], s1.get("sensor_augment")))
@@ -445,6 +437,7 @@ def run(cfg: dict, resume: bool = False, log=print, ranks: Ranks = SINGLE) -> di
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     if resume and rounds > 1:
         raise ValueError("--resume continues a single round; with rounds > 1 start the last round from its init")
+    ranks.per_rank(int(cfg["train"]["batch_size"]), "train.batch_size")  # say so before extracting pairs
     model, meta = load_model(cfg["init"])
     cfg.setdefault("num_points", int(meta["num_points"]))
     if not torch.all(model.calibration.scale == 1):
