@@ -118,3 +118,26 @@ def test_stage2_on_two_processes_over_a_manifest(bags: list[Path], tmp_path: Pat
     done = run(kp3d(*args, "--epochs", "2", "--resume", processes=2))
     assert done.stdout.count(f"resumed from {out / 'last.pt'}: epoch 1, step 2") == 1
     assert load_payload(out / "last.pt")["step"] == 4
+
+
+def test_pairs_cache_gives_back_the_extracted_pairs(bags: list[Path], tmp_path: Path):
+    from kp3d_ros.train import pair_cache
+
+    cfg = stage2.load_config(None) | {"pairs_cache": str(tmp_path / "cache")}
+    lines: list[str] = []
+    paths = [str(b) for b in bags]
+    first = stage2.load_bag_pairs(paths, cfg, log=lines.append)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == NUM_BAGS
+    again = stage2.load_bag_pairs(paths, cfg, log=lines.append)
+    share = stage2.load_bag_pairs(paths, cfg, log=lines.append, ranks=Ranks(1, 2))  # bags 1 and 3
+    assert lines[1].endswith(f"({NUM_BAGS} bags from {tmp_path / 'cache'})")
+    mine = [t for t in first if t[0].track // 1_000_000 in (1, 3)]
+    for want, got in [*zip(first, again, strict=True), *zip(mine, share, strict=True)]:
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):  # the flows too: the share loads what was extracted
+            for name in ("src", "dst", "forward", "backward"):
+                np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+            assert (a.track, a.ground_z_t, a.ground_z_t1) == (b.track, b.ground_z_t, b.ground_z_t1)
+    other_flow = cfg["flow"] | {"iterations": 9}
+    assert pair_cache.cache_file(cfg["pairs_cache"], bags[0], "/points", other_flow) != \
+        pair_cache.cache_file(cfg["pairs_cache"], bags[0], "/points", cfg["flow"])

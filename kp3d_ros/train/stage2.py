@@ -56,6 +56,7 @@ DEFAULTS: dict = {
     "max_sequences": 0,  # 0: all
     "val_sequences": 16,  # held out from DATA for the unsupervised validation loss
     "keep_ground": True,  # crops keep their ground points, as the node's crops do
+    "pairs_cache": "",  # a directory: the pairs of each bag are kept there and loaded by later runs (train.pair_cache)
     "flow": {"method": "realtime", "iterations": 5, "cache_dir": ""},
     "loss": dataclasses.asdict(losses.LossWeights()),  # method.md's weights (losses.LossWeights)
     "seg_target": "confident",  # confident | nearest_limb | none
@@ -176,30 +177,49 @@ def load_bag_pairs(paths: list[str], cfg: dict, topic: str = "/points", log=prin
     """Pairs per track from this rank's share of the bags: detection, tracking and crops by the node's
     pipeline (no network). Track ids are unique over all the bags (1,000,000 per bag in list order). The
     crops of a bag do not depend on the share; the flow estimator's random point subsets run on through
-    the share's bags, so flows differ slightly from one process's."""
+    the share's bags, so flows differ slightly from one process's. With cfg['pairs_cache'] each bag's
+    pairs are loaded from there when present, and saved there when extracted."""
+    from kp3d_ros.train import pair_cache
+
+    flow_fn = flow_function(cfg)
+    tracks: list[list[PairSample]] = []
+    cached = 0
+    for position, path in share(list(enumerate(paths)), ranks.rank, ranks.world_size):
+        stored = pair_cache.cache_file(cfg["pairs_cache"], path, topic, cfg["flow"]) if cfg.get("pairs_cache") else None
+        if stored is not None and stored.is_file():
+            tracks += pair_cache.load_tracks(stored)
+            cached += 1
+            continue
+        bag_tracks = bag_pairs(path, position * 1_000_000, flow_fn, topic)
+        if stored is not None:
+            pair_cache.save_tracks(stored, bag_tracks)
+        tracks += bag_tracks
+    from_cache = f" ({cached} bags from {cfg['pairs_cache']})" if cached else ""
+    log(f"{datetime.now():%H:%M:%S} {sum(map(len, tracks))} pairs from {len(tracks)} tracks in bags{from_cache}")
+    return tracks
+
+
+def bag_pairs(path: str | Path, offset: int, flow_fn, topic: str = "/points") -> list[list[PairSample]]:
+    """Pairs per track of one bag (track ids from `offset` on), in the order the tracks first appear."""
     from kp3d_ros.core.bagio import iter_scans
     from kp3d_ros.core.params import defaults
     from kp3d_ros.core.pipeline import PerceptionPipeline
 
-    flow_fn = flow_function(cfg)
     tracks: dict[int, list[PairSample]] = {}
-    for position, path in share(list(enumerate(paths)), ranks.rank, ranks.world_size):
-        offset = position * 1_000_000
-        pipeline = PerceptionPipeline(defaults(), backend=None, flow_estimator=None)
-        last_stamp = None
-        for scan in iter_scans(path, topic):
-            dt = 0.1 if last_stamp is None else max(1e-3, (scan.stamp_ns - last_stamp) * 1e-9)
-            last_stamp = scan.stamp_ns
-            for crop in pipeline.track(scan.points, scan.stamp_ns):
-                if crop.previous_points is None or len(crop.previous_points) < 20 or len(crop.points) < 20:
-                    continue
-                init = np.asarray(crop.velocity, dtype=np.float64) * dt
-                fwd = flow_fn(crop.previous_points, crop.points, init)
-                bwd = flow_fn(crop.points, crop.previous_points, -init)
-                tracks.setdefault(offset + crop.track_id, []).append(
-                    PairSample(crop.previous_points, crop.points, fwd, bwd, offset + crop.track_id,
-                               ground_z_t=float(crop.centre[2]), ground_z_t1=float(crop.centre[2])))
-    log(f"{datetime.now():%H:%M:%S} {sum(map(len, tracks.values()))} pairs from {len(tracks)} tracks in bags")
+    pipeline = PerceptionPipeline(defaults(), backend=None, flow_estimator=None)
+    last_stamp = None
+    for scan in iter_scans(path, topic):
+        dt = 0.1 if last_stamp is None else max(1e-3, (scan.stamp_ns - last_stamp) * 1e-9)
+        last_stamp = scan.stamp_ns
+        for crop in pipeline.track(scan.points, scan.stamp_ns):
+            if crop.previous_points is None or len(crop.previous_points) < 20 or len(crop.points) < 20:
+                continue
+            init = np.asarray(crop.velocity, dtype=np.float64) * dt
+            fwd = flow_fn(crop.previous_points, crop.points, init)
+            bwd = flow_fn(crop.points, crop.previous_points, -init)
+            tracks.setdefault(offset + crop.track_id, []).append(
+                PairSample(crop.previous_points, crop.points, fwd, bwd, offset + crop.track_id,
+                           ground_z_t=float(crop.centre[2]), ground_z_t1=float(crop.centre[2])))
     return list(tracks.values())
 
 
