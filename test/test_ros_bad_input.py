@@ -20,6 +20,7 @@ from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
+from rclpy.serialization import serialize_message  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from waiting import wait_until  # noqa: E402
@@ -129,8 +130,9 @@ def test_each_malformed_kind_is_counted_under_its_reason(ros):
     truncated.data = bytes(truncated.data)[:-1]
     swapped = _cloud(8_000_400_000_000)
     swapped.is_bigendian = True  # little-endian data flagged big-endian
+    cut_short = serialize_message(_cloud(8_000_500_000_000))[:40]  # CDR bytes that end inside the fields
     expected = {"duplicate_field": duplicate, "bad_row_step": row_step, "excess_data": excess,
-                "truncated_data": truncated, "byte_order_mismatch": swapped}
+                "truncated_data": truncated, "byte_order_mismatch": swapped, "bad_serialization": cut_short}
     for reason, msg in expected.items():
         before, processed = node.stats.malformed[reason], node.stats.processed
         points.publish(msg)

@@ -19,7 +19,7 @@ Field = tuple[str, int, int, int]  # name, offset, PointField datatype, count
 
 # Every reason a cloud is refused for (the node counts each as malformed_<reason>; README "Bad input").
 MALFORMED_REASONS = ("missing_fields", "wrong_field_type", "duplicate_field", "bad_row_step", "truncated_data",
-                     "excess_data", "byte_order_mismatch", "bad_layout")
+                     "excess_data", "byte_order_mismatch", "bad_layout", "bad_serialization")
 # A LiDAR point's largest coordinate lies in this range (m); byte-swapped floats almost never do.
 PLAUSIBLE_M = (1e-3, 1e5)
 BYTE_ORDER_SAMPLE = 256  # points looked at for the byte-order check

@@ -33,6 +33,7 @@ from kp3d_ros.core import params as params_module
 from kp3d_ros.core.cloud_layout import CloudError
 from kp3d_ros.core.params import NODE_NAME, PARAMETERS, ParameterError, ParamSpec
 from kp3d_ros.core.timesync import NearestImage
+from kp3d_ros.ros.cdr import RawCloud, read_pointcloud2
 from kp3d_ros.ros.dds import use_large_message_profile
 from kp3d_ros.ros.diagnostics import NodeStats, diagnostic_array
 from kp3d_ros.ros.health import assess
@@ -126,7 +127,7 @@ class Kp3dNode(LifecycleNode):
         self._pipeline_log = _RecordingLogger(self.get_logger())
         self._lock = threading.Lock()  # the newest cloud, the image buffer
         self._frame_lock = threading.Lock()  # held while a frame is processed and published
-        self._latest: tuple[PointCloud2, int] | None = None  # (message, arrival monotonic ns)
+        self._latest: tuple[RawCloud, int] | None = None  # (cloud, arrival monotonic ns)
         self._camera_info: CameraInfo | None = None
         self._sync: NearestImage | None = None
         self._stop = threading.Event()
@@ -268,7 +269,9 @@ class Kp3dNode(LifecycleNode):
             self.get_logger().error("network.build_only is set: nothing to activate")
             return TransitionCallbackReturn.FAILURE
         qos = input_qos(self.params["qos.reliability"], self.params["qos.depth"])
-        self.cloud_sub = self.create_subscription(PointCloud2, "points", self._on_cloud, qos)
+        # raw: the cloud is read from its CDR bytes (ros/cdr.py); rclpy's deserialization copied every point with
+        # the GIL held (5.5 ms for a 2.4 MB cloud on this project's CPU, 0.03 ms read from the bytes)
+        self.cloud_sub = self.create_subscription(PointCloud2, "points", self._on_cloud, qos, raw=True)
         self._inputs = [self.cloud_sub]
         if self.params["camera.enabled"]:
             self._inputs.append(self.create_subscription(Image, "image", self._on_image, qos))
@@ -367,8 +370,14 @@ class Kp3dNode(LifecycleNode):
 
     # Callbacks ------------------------------------------------------------------------------------
 
-    def _on_cloud(self, msg: PointCloud2) -> None:
+    def _on_cloud(self, data: bytes) -> None:
         arrival = time.monotonic_ns()
+        try:
+            msg = read_pointcloud2(data)
+        except ValueError as error:
+            self.stats.on_input()
+            self._malformed("bad_serialization", str(error))
+            return
         self.stats.on_input(_stamp_ns(msg.header))
         with self._lock:
             if self._latest is not None:
@@ -403,7 +412,7 @@ class Kp3dNode(LifecycleNode):
 
     # Processing -----------------------------------------------------------------------------------
 
-    def _to_xyz(self, msg: PointCloud2) -> tuple[np.ndarray, int] | None:
+    def _to_xyz(self, msg: RawCloud) -> tuple[np.ndarray, int] | None:
         count = int(msg.width) * int(msg.height)
         if count > self.params["input.max_points"]:
             self._malformed("too_many_points", f"{count} points > input.max_points {self.params['input.max_points']}")
@@ -419,7 +428,7 @@ class Kp3dNode(LifecycleNode):
             return None
         return xyz, nonfinite
 
-    def process(self, msg: PointCloud2, arrival_ns: int) -> None:
+    def process(self, msg: RawCloud, arrival_ns: int) -> None:
         """Run the pipeline on one cloud and publish every output (markers first)."""
         converted = self._to_xyz(msg)
         if converted is None:
