@@ -1,11 +1,13 @@
 """Training under torchrun with real processes (gloo on this CPU): two processes with a global batch B
-end with the weights of one process with batch B, a killed rank is restarted and the job resumes from
+end with the weights of one process with batch B (in one agent, and as two agents meeting through a
+c10d rendezvous, the multi-node form), a killed rank is restarted and the job resumes from
 its last checkpoint, and a checkpoint written before distributed training existed still resumes."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,6 +50,25 @@ def kp3d(*args: str, processes: int = 1, restarts: int = 0) -> list[str]:
             "-m", "kp3d_ros.cli", *args]
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def two_agents(*args: str, timeout: float = 240) -> list[str]:
+    """kp3d as two torchrun agents of one process each, meeting through a c10d rendezvous: the multi-node
+    form (--nnodes 2 --rdzv-backend c10d) with both "nodes" on this machine; their outputs."""
+    rendezvous = [str(TORCHRUN), "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+                  f"--rdzv-endpoint=localhost:{free_port()}", "--rdzv-id=kp3d-test", "-m", "kp3d_ros.cli", *args]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    agents = [subprocess.Popen(rendezvous, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True) for _ in range(2)]
+    outputs = [agent.communicate(timeout=timeout)[0] for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    return outputs
+
+
 def run(command: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -78,6 +99,10 @@ def test_two_processes_train_the_weights_of_one(data: Path, tmp_path: Path):
     control = load_payload(tmp_path / "other" / "last.pt")["state_dict"]
     assert _largest_difference(a["state_dict"], control) > 5 * TOLERANCE
     assert not list((tmp_path / "two").glob("*.tmp"))  # checkpoints were written atomically
+    nodes = tiny_config(tmp_path / "nodes.yaml", data, tmp_path / "nodes", epochs=2)
+    outputs = two_agents("train", "stage1", "--config", str(nodes))
+    assert sum(o.count("torchrun: 2 processes") for o in outputs) == 1
+    assert _largest_difference(a["state_dict"], load_payload(tmp_path / "nodes" / "last.pt")["state_dict"]) < TOLERANCE
 
 
 def test_a_pre_distributed_checkpoint_resumes_in_one_process(data: Path, tmp_path: Path):
