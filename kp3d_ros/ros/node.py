@@ -38,6 +38,7 @@ from kp3d_ros.ros.dds import use_large_message_profile
 from kp3d_ros.ros.diagnostics import NodeStats, diagnostic_array
 from kp3d_ros.ros.health import assess
 from kp3d_ros.ros.markers import skeleton_markers
+from kp3d_ros.ros.memory import return_large_allocations
 from kp3d_ros.ros.overlay import OverlayError, overlay_image
 from kp3d_ros.ros.pointcloud2 import array_to_cloud, cloud_to_xyz
 from kp3d_ros.ros.qos import input_qos, output_qos
@@ -616,6 +617,7 @@ def init_ros(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """Console script `kp3d_node` (ROS arguments such as --ros-args --params-file FILE are honoured)."""
     use_large_message_profile()
+    return_large_allocations()
     failure = init_ros(sys.argv if argv is None else argv)
     if failure is not None:
         print(f"{NODE_NAME}: {failure}", file=sys.stderr)

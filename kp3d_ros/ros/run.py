@@ -18,6 +18,7 @@ from kp3d_ros.core import params as params_module
 from kp3d_ros.core.params import ParameterError, parse_overrides
 from kp3d_ros.resources import find_share_file
 from kp3d_ros.ros.dds import use_large_message_profile
+from kp3d_ros.ros.memory import return_large_allocations
 from kp3d_ros.ros.node import Kp3dNode, create_node
 from kp3d_ros.ros.replay import BagPlayer
 
@@ -106,6 +107,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"kp3d run: invalid parameters: {error}", file=sys.stderr)
         return 2
     use_large_message_profile()
+    return_large_allocations()
     rclpy.init()
     executor = MultiThreadedExecutor(num_threads=2)
     nodes: list[Node] = []
