@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tiny_stage1_data import TINY_MODEL, write_stage1_data
 
@@ -169,3 +170,37 @@ def test_batches_must_split_over_the_processes(data: Path, tmp_path: Path):
     with pytest.raises(ValueError, match="stream runs in one process"):
         stage1.batch_source(ShardedDataset(data / "train"), stage1.merge(cfg, {"train": {"sample_seeding": "stream"}}),
                             None, Ranks(0, 2))
+
+
+def test_training_device_choices(data: Path, tmp_path: Path, capsys):
+    from kp3d_ros.cli import main as kp3d_main
+    from kp3d_ros.train.distributed import training_device
+
+    assert training_device("cpu").type == "cpu"
+    assert training_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be cpu, cuda or auto, got 'tpu'"):
+        training_device("tpu")
+    if not torch.cuda.is_available():
+        config = tiny_config(tmp_path / "c.yaml", data, tmp_path / "run", epochs=1)
+        assert kp3d_main(["train", "stage1", "--config", str(config), "--device", "cuda"]) == 1
+        assert capsys.readouterr().out.strip() == "error: device cuda: torch sees no CUDA GPU here"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_one_gpu_trains_the_weights_of_the_cpu(data: Path, tmp_path: Path):
+    """For the first GPU machine: Stage I on the GPU against the CPU (TF32 off), then 2 processes on it
+    with NCCL when there are two GPUs."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cfgs = {}
+    for device in ("cpu", "cuda"):
+        cfg = yaml.safe_load(tiny_config(tmp_path / f"{device}.yaml", data, tmp_path / device, epochs=2,
+                                         seeding="per_sample").read_text())
+        cfgs[device] = stage1.merge(stage1.load_config(None), cfg | {"device": device})
+        stage1.run(cfgs[device], log=lambda _m: None)
+    a, b = (load_payload(tmp_path / d / "last.pt")["state_dict"] for d in ("cpu", "cuda"))
+    assert _largest_difference(a, b) < TOLERANCE
+    if torch.cuda.device_count() >= 2:
+        config = tiny_config(tmp_path / "two.yaml", data, tmp_path / "two", epochs=2)
+        run(kp3d("train", "stage1", "--config", str(config), "--device", "cuda", processes=2))
+        assert _largest_difference(a, load_payload(tmp_path / "two" / "last.pt")["state_dict"]) < TOLERANCE

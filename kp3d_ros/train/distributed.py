@@ -1,9 +1,10 @@
-"""torch.distributed for training: the process group torchrun describes, DistributedDataParallel, and
-the few collectives the training loop needs. Outside torchrun (WORLD_SIZE unset or 1) nothing is
-initialised and every helper is the identity, so a single-process run is exactly the plain one.
+"""torch.distributed for training: the training device, the process group torchrun describes,
+DistributedDataParallel, and the few collectives the training loop needs. Outside torchrun (WORLD_SIZE
+unset or 1) nothing is initialised and every helper is the identity, so a single-process run is exactly
+the plain one.
 
-Training tensors live on the CPU (the training code has no device option), so the backend is gloo;
-NCCL needs CUDA tensors and becomes the choice once training runs on GPUs.
+Training on the CPU uses gloo; on CUDA GPUs each process takes the GPU of its LOCAL_RANK and NCCL.
+The CUDA path has never run: no GPU machine has been lent to this project.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-BACKEND = "gloo"
 TIMEOUT = timedelta(minutes=30)  # a collective waits this long for a slow rank (pair extraction, validation)
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Ranks:
 
     rank: int = 0
     world_size: int = 1
+    device: torch.device = CPU  # the training device; collectives run on it
 
     @property
     def distributed(self) -> bool:
@@ -51,13 +53,15 @@ class Ranks:
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module to run training forward passes through: DistributedDataParallel over `model` when
         distributed (it averages gradients over the ranks in backward), else `model` itself."""
-        return DistributedDataParallel(model) if self.distributed else model
+        if not self.distributed:
+            return model
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def from_main(self, values: list[float]) -> list[float]:
         """Rank 0's values on every rank (so wall-clock decisions agree)."""
         if not self.distributed:
             return values
-        tensor = torch.tensor(values, dtype=torch.float64)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.broadcast(tensor, src=0)
         return tensor.tolist()
 
@@ -65,7 +69,7 @@ class Ranks:
         """The element-wise sum of `values` over the ranks."""
         if not self.distributed:
             return values
-        tensor = torch.tensor(values, dtype=torch.float64)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
         return tensor.tolist()
 
@@ -85,16 +89,31 @@ class Ranks:
 SINGLE = Ranks()
 
 
+def training_device(name: str = "cpu") -> torch.device:
+    """'cpu', 'cuda' (under torchrun the GPU of LOCAL_RANK) or 'auto' (cuda when there is a GPU)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if name != "cuda":
+        raise ValueError(f"device must be cpu, cuda or auto, got {name!r}")
+    if not torch.cuda.is_available():
+        raise ValueError("device cuda: torch sees no CUDA GPU here")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
 @contextlib.contextmanager
-def process_group() -> Iterator[Ranks]:
+def process_group(device: torch.device = CPU) -> Iterator[Ranks]:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT in the environment)
-    for the block; SINGLE without torchrun or with one process."""
+    for the block, with gloo on the CPU and NCCL on a GPU; one process of its own without torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     if world_size <= 1:
-        yield SINGLE
+        yield Ranks(device=device)
         return
-    dist.init_process_group(BACKEND, timeout=TIMEOUT)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     try:
-        yield Ranks(dist.get_rank(), dist.get_world_size())
+        yield Ranks(dist.get_rank(), dist.get_world_size(), device)
     finally:
         dist.destroy_process_group()

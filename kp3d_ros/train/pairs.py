@@ -6,7 +6,7 @@ expressed in the other frame's crop coordinates, so the flow loss compares limb 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -51,6 +51,13 @@ class PreparedPairs:
     rotations_t1: np.ndarray
     joints_t: np.ndarray | None  # (B, J, 3) in crop frame t, when every sample has them
     joints_t1: np.ndarray | None
+
+
+def batch_on(batch: PairBatch, device: torch.device) -> PairBatch:
+    """`batch` with its tensors on `device` (the batch itself when they are there already)."""
+    moved = {f.name: value.to(device) for f in fields(batch)
+             if isinstance(value := getattr(batch, f.name), torch.Tensor) and value.device != device}
+    return replace(batch, **moved) if moved else batch
 
 
 def _resampled(points: np.ndarray, flow: np.ndarray, num_points: int, rng: np.random.Generator):

@@ -26,7 +26,7 @@ from kp3d_ros.model.network import KeypointNet, build_model, count_parameters
 from kp3d_ros.model.preprocess import SCALE, crop_frame, sample_indices, to_crop_frame
 from kp3d_ros.train.config import load_config as load_yaml_config
 from kp3d_ros.train.config import merge
-from kp3d_ros.train.distributed import SINGLE, Ranks, process_group
+from kp3d_ros.train.distributed import SINGLE, Ranks, process_group, training_device
 from kp3d_ros.train.loop import FitConfig, fit
 
 DEFAULTS: dict = {
@@ -35,6 +35,7 @@ DEFAULTS: dict = {
     "num_points": 128,
     "seed": 0,
     "threads": 1,
+    "device": "cpu",  # cpu, cuda (under torchrun: the GPU of LOCAL_RANK) or auto
     "init": None,  # checkpoint to start from (fresh optimizer and lr schedule: a warm restart)
     "extra_train": [],  # more training split directories, mixed in with DATA/train (their sizes set the shares)
     "model": {"dim": 64, "depth": 3, "heads": 4, "mlp_ratio": 2},
@@ -229,7 +230,9 @@ def stage1_losses(model: KeypointNet, points, joints, parts, is_person, w_kp: fl
 def validation(model: KeypointNet, batches: list, w_kp: float, w_seg: float) -> dict[str, float]:
     tot = {"val_loss": 0.0, "val_mpjpe_cm": 0.0, "val_seg_acc": 0.0}
     n = people = 0.0
-    for points, joints, parts, is_person in batches:
+    device = next(model.parameters()).device
+    for batch in batches:
+        points, joints, parts, is_person = (t.to(device) for t in batch)
         out = stage1_losses(model, points, joints, parts, is_person, w_kp, w_seg)
         b, p = len(points), float(is_person.sum())
         tot["val_loss"] += float(out["loss"]) * b
@@ -266,6 +269,8 @@ def run(cfg: dict, resume: bool = False, log=print, ranks: Ranks = SINGLE) -> di
     model = build_model(cfg["model"])
     if cfg.get("init") and not resume:
         init_from(model, cfg, log)
+    device = training_device(cfg.get("device", "cpu"))
+    model.to(device)
     log(f"{datetime.now():%H:%M:%S} stage1: {len(available_indices(train_set))} of {len(train_set)} train samples "
         f"written / {len(val_set)} val, "
         f"{count_parameters(model)} parameters, config {cfg}")
@@ -278,7 +283,7 @@ def run(cfg: dict, resume: bool = False, log=print, ranks: Ranks = SINGLE) -> di
         log(f"torchrun: {ranks.world_size} processes, {tcfg['batch_size'] // ranks.world_size} samples each per step")
 
     def step(batch) -> dict[str, float]:
-        out = stage1_losses(net, *batch, tcfg["w_kp"], tcfg["w_seg"])
+        out = stage1_losses(net, *(t.to(device) for t in batch), tcfg["w_kp"], tcfg["w_seg"])
         out["loss"].backward()
         return {"loss": out["loss"].item(), "l_kp": out["l_kp"].item(), "l_seg": out["l_seg"].item()}
 
@@ -316,18 +321,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="override train.epochs")
     parser.add_argument("--lr", type=float, help="override train.lr (peak learning rate)")
     parser.add_argument("--max-minutes", type=float, help="override train.max_minutes (wall-clock budget)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), help="training device (overrides the config)")
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config if args.config and Path(args.config).is_file() else None)
     if args.config and not Path(args.config).is_file():
         print(f"warning: config {args.config} not found, using defaults")
-    cfg = merge(cfg, {k: v for k, v in {"data": args.data, "out": args.out, "init": args.init}.items() if v})
+    cfg = merge(cfg, {k: v for k, v in {"data": args.data, "out": args.out, "init": args.init,
+                                        "device": args.device}.items() if v})
     given = {"epochs": args.epochs, "max_minutes": args.max_minutes, "lr": args.lr}
     overrides = {k: v for k, v in given.items() if v is not None}
     cfg["train"] = cfg["train"] | overrides
     try:
-        with process_group() as ranks:
+        with process_group(training_device(cfg["device"])) as ranks:
             run(cfg, resume=args.resume, log=ranks.log(print), ranks=ranks)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}")

@@ -41,9 +41,9 @@ from kp3d_ros.skeleton import BONE_NAMES
 from kp3d_ros.train import stage1
 from kp3d_ros.train.config import load_config as load_yaml_config
 from kp3d_ros.train.config import merge
-from kp3d_ros.train.distributed import SINGLE, Ranks, process_group
+from kp3d_ros.train.distributed import SINGLE, Ranks, process_group, training_device
 from kp3d_ros.train.loop import FitConfig, fit
-from kp3d_ros.train.pairs import PairSample, collate_pairs
+from kp3d_ros.train.pairs import PairSample, batch_on, collate_pairs
 
 GROUND_THRESHOLD = 0.08  # m above the crop's ground: points below are ground (as the node removes them)
 
@@ -53,6 +53,7 @@ DEFAULTS: dict = {
     "out": "runs/stage2",
     "seed": 0,
     "threads": 1,  # on the shared 2-core machine 1 thread trains faster
+    "device": "cpu",  # cpu, cuda (under torchrun: the GPU of LOCAL_RANK) or auto
     "max_sequences": 0,  # 0: all
     "val_sequences": 16,  # held out from DATA for the unsupervised validation loss
     "keep_ground": True,  # crops keep their ground points, as the node's crops do
@@ -256,7 +257,8 @@ def source_objective(cfg: dict, model: torch.nn.Module, ranks: Ranks = SINGLE) -
     dataset = stage1.open_split(Path(source["data"]), "train")
     batches = stage1.training_batches(dataset, s1, 0, stage1.make_augmenter(s1["augment"], s1.get("sensor_augment")))
     w_kp, w_seg = s1["train"]["w_kp"], s1["train"]["w_seg"]
-    return lambda: stage1.stage1_losses(model, *next(batches), w_kp=w_kp, w_seg=w_seg)["loss"]
+    device = next(model.parameters()).device
+    return lambda: stage1.stage1_losses(model, *(t.to(device) for t in next(batches)), w_kp=w_kp, w_seg=w_seg)["loss"]
 
 
 def population_priors(root: Path, max_shards: int = 16) -> dict[str, list[float] | float]:
@@ -309,10 +311,11 @@ def predicted_bone_lengths(model: torch.nn.Module, crops: list[np.ndarray], num_
     if len(crops) > max_crops:
         crops = [crops[i] for i in rng.choice(len(crops), max_crops, replace=False)]
     total = torch.zeros(len(BONE_NAMES), dtype=torch.float64)
+    device = next(model.parameters()).device
     with torch.no_grad():
         for s in range(0, len(crops), 64):
-            points = torch.from_numpy(prepare_batch(crops[s:s + 64], num_points, rng).points)
-            total += losses.bone_lengths(model(points)[0].double()).sum(0) * SCALE
+            points = torch.from_numpy(prepare_batch(crops[s:s + 64], num_points, rng).points).to(device)
+            total += losses.bone_lengths(model(points)[0].double()).sum(0).cpu() * SCALE
     return total / len(crops)
 
 
@@ -326,7 +329,7 @@ def calibrate_bones(model: torch.nn.Module, cfg: dict, crops: list[np.ndarray], 
     model.eval()
     predicted = predicted_bone_lengths(model, crops, int(cfg["num_points"]), seed=int(cfg["seed"]))
     calibration = model.calibration
-    factors = matched_scale(calibration.scale.double(), predicted, torch.tensor(population, dtype=torch.float64),
+    factors = matched_scale(calibration.scale.double().cpu(), predicted, torch.tensor(population, dtype=torch.float64),
                             max_factor=float(cfg.get("calibrate_max_factor", 1.0)))
     calibration.scale.copy_(factors.to(calibration.scale.dtype))
     used = min(len(crops), CALIBRATION_CROPS)
@@ -340,7 +343,7 @@ def _set_checkpoint_factors(path: Path, scale: torch.Tensor, factors: list[float
     payload = load_payload(path)
     for key in ("state_dict", "trained_state_dict"):
         if key in payload:
-            payload[key]["calibration.scale"] = scale.detach().clone()
+            payload[key]["calibration.scale"] = scale.detach().cpu().clone()
     if factors is None:
         payload["meta"].pop("bone_calibration", None)
     else:
@@ -396,7 +399,7 @@ def evaluate_pairs(model: torch.nn.Module, prepared: list) -> dict[str, float]:
         for p in prepared:
             if p.joints_t is None:
                 continue
-            preds.append(model(p.batch.points_t)[0].numpy())
+            preds.append(model(p.batch.points_t)[0].cpu().numpy())
             truths.append(p.joints_t)
     if not preds:
         return {}
@@ -465,6 +468,8 @@ def run(cfg: dict, resume: bool = False, log=print, ranks: Ranks = SINGLE) -> di
         # target's factors); calibrate_bones measures the factors again after the last round.
         log(f"{cfg['init']} has bone calibration factors; Stage II trains without them")
         model.calibration.scale.fill_(1.0)
+    device = training_device(cfg.get("device", "cpu"))
+    model.to(device)
     data = [str(d) for d in (cfg["data"] if isinstance(cfg["data"], list) else [cfg["data"]])]
     if all(Path(d).is_dir() for d in data) and len(data) == 1 and (Path(data[0]) / "meta.json").exists():
         tracks = load_sequence_pairs(data[0], cfg, log, ranks)
@@ -483,6 +488,7 @@ def run(cfg: dict, resume: bool = False, log=print, ranks: Ranks = SINGLE) -> di
     fill_population_priors(cfg, log)
     val_rng = np.random.default_rng(1234)
     val_prepared = [collate_pairs(pairs, cfg["num_points"], val_rng) for pairs in val_tracks] if n_val else []
+    val_prepared = [dataclasses.replace(p, batch=batch_on(p.batch, device)) for p in val_prepared]
     net = ranks.wrap(model)
     source_loss = source_objective(cfg, net, ranks)
     run_meta = dict(meta) | {"stage": "stage2", "init": str(cfg["init"]), "data": data, "loss": cfg["loss"],
@@ -523,6 +529,7 @@ def _train_round(model: torch.nn.Module, cfg: dict, train_tracks: list, val_prep
                  ranks: Ranks = SINGLE, net: torch.nn.Module | None = None):
     """One round of Stage II on `model` (in place): pseudo-labels from a frozen copy of it, a new optimizer
     and lr schedule; checkpoints in `out`. Training forward passes go through `net` (ranks.wrap(model))."""
+    device = next(model.parameters()).device
     frozen = copy.deepcopy(model).eval() if cfg["seg_target"] == "confident" else None
     if frozen is not None:
         for p in frozen.parameters():
@@ -533,7 +540,7 @@ def _train_round(model: torch.nn.Module, cfg: dict, train_tracks: list, val_prep
         net, frozen, weights, cfg["seg_target"], float(cfg["confidence"]))
 
     def step(prepared) -> dict[str, float]:
-        total, parts = training(prepared.batch)
+        total, parts = training(batch_on(prepared.batch, device))
         if source_loss is not None:
             supervised = source_loss()
             total = total + float(cfg["source"]["weight"]) * supervised
@@ -582,6 +589,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--epochs", type=int, help="override train.epochs")
     parser.add_argument("--max-minutes", type=float, help="override train.max_minutes")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), help="training device (overrides the config)")
     parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override config entries, e.g. loss.sym=0 seg_target=none (values parsed as YAML)")
 
@@ -623,13 +631,15 @@ def main(args: argparse.Namespace) -> int:
         cfg["train"]["epochs"] = args.epochs
     if args.max_minutes is not None:
         cfg["train"]["max_minutes"] = args.max_minutes
+    if args.device:
+        cfg["device"] = args.device
     try:
         if args.manifest:
             if args.data:
                 raise ValueError("give --data or --manifest, not both")
             cfg["data"] = [str(path) for path in read_manifest(args.manifest)]
         cfg = apply_overrides(cfg, args.set)
-        with process_group() as ranks:
+        with process_group(training_device(cfg["device"])) as ranks:
             run(cfg, resume=args.resume, log=ranks.log(print), ranks=ranks)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}")
