@@ -5,7 +5,7 @@ One JSON line per scan, in bag order:
 "confidence": [c x 14]}]}, joints in skeleton.JOINT_NAMES order, in the LiDAR frame.
 
 Many bags: `kp3d infer --manifest BAGS.txt --out-dir PRED [--shard I/N]` processes share I of N of the
-manifest's bags (kp3d_ros.sharding; default: torchrun's RANK/WORLD_SIZE, else all of them), each bag
+manifest's bags (kp3d_ros.sharding.share_by_size; default: torchrun's RANK/WORLD_SIZE, else all), each bag
 whole (tracking needs its frames in order) into PRED/<bag name>.jsonl, written atomically. The shards
 of N jobs (Slurm array tasks, Kubernetes job indices, torchrun ranks) together give one file per bag;
 a bag whose file exists is skipped, so a job that was stopped can simply be run again.
@@ -27,7 +27,7 @@ from kp3d_ros.core.bagio import BagError, iter_scans
 from kp3d_ros.core.cloud_layout import CloudError
 from kp3d_ros.core.params import ParameterError, load_params
 from kp3d_ros.core.pipeline import STAGES, FrameResult, PerceptionPipeline
-from kp3d_ros.sharding import parse_shard, read_manifest, shard_from_environment, share
+from kp3d_ros.sharding import parse_shard, read_manifest, shard_from_environment, share_by_size, size_on_disk
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +118,7 @@ def _plan(args: argparse.Namespace) -> list[tuple[Path, Path]]:
         index, count = parse_shard(args.shard) if args.shard else shard_from_environment()
         bags = read_manifest(args.manifest)
         outputs = [Path(args.out_dir) / name for name in output_names(bags)]
-        return share(list(zip(bags, outputs, strict=True)), index, count)
+        return share_by_size(list(zip(bags, outputs, strict=True)), [size_on_disk(b) for b in bags], index, count)
     if args.shard or args.out_dir:
         raise ValueError("--shard and --out-dir go with --manifest")
     if not args.bag or not args.out:

@@ -1,8 +1,9 @@
 """Deterministic shares of a list of inputs (bags, sequences) and manifest files listing them.
 
-A share is the round-robin slice ``items[index::count]``: every input lands in exactly one share, the
-shares differ in size by at most one, and any process computes every share alone (no coordination),
-so Slurm arrays, Kubernetes jobs and torchrun ranks all split a manifest the same way.
+Every input lands in exactly one share, and any process computes every share alone (no coordination),
+so Slurm arrays, Kubernetes jobs and torchrun ranks all split a manifest the same way. Inputs of one
+size (sequences) are shared round robin (``share``); bags, whose lengths vary, by their size on disk
+(``share_by_size``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,30 @@ def share(items: Sequence[T], index: int, count: int) -> list[T]:
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"share {index} of {count} does not exist")
     return list(items[index::count])
+
+
+def share_by_size(items: Sequence[T], sizes: Sequence[int], index: int, count: int) -> list[T]:
+    """Share `index` of `count` with the shares' total sizes balanced: from the largest item down (ties in
+    list order), each goes to the share with the smallest total so far (ties: the lower share). The
+    share's items come back in list order."""
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"share {index} of {count} does not exist")
+    if len(sizes) != len(items):
+        raise ValueError(f"{len(items)} items but {len(sizes)} sizes")
+    totals = [0] * count
+    owner = [0] * len(items)
+    for i in sorted(range(len(items)), key=lambda i: (-sizes[i], i)):
+        owner[i] = min(range(count), key=lambda k: (totals[k], k))
+        totals[owner[i]] += sizes[i]
+    return [item for item, k in zip(items, owner, strict=True) if k == index]
+
+
+def size_on_disk(path: str | Path) -> int:
+    """Bytes of a file, or of every file under a directory (a bag directory)."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 def read_manifest(path: str | Path) -> list[Path]:

@@ -36,7 +36,7 @@ from kp3d_ros.core.flow import FlowEstimator
 from kp3d_ros.model.calibration import matched_scale
 from kp3d_ros.model.checkpoint import load_model, load_payload, save_checkpoint, write_payload
 from kp3d_ros.model.preprocess import SCALE, prepare_batch, restore_keypoints
-from kp3d_ros.sharding import read_manifest, share
+from kp3d_ros.sharding import read_manifest, share, share_by_size, size_on_disk
 from kp3d_ros.skeleton import BONE_NAMES
 from kp3d_ros.train import stage1
 from kp3d_ros.train.config import load_config as load_yaml_config
@@ -175,17 +175,19 @@ def load_sequence_pairs(root: str | Path, cfg: dict, log=print, ranks: Ranks = S
 
 def load_bag_pairs(paths: list[str], cfg: dict, topic: str = "/points", log=print,
                    ranks: Ranks = SINGLE) -> list[list[PairSample]]:
-    """Pairs per track from this rank's share of the bags: detection, tracking and crops by the node's
-    pipeline (no network). Track ids are unique over all the bags (1,000,000 per bag in list order). The
-    crops of a bag do not depend on the share; the flow estimator's random point subsets run on through
-    the share's bags, so flows differ slightly from one process's. With cfg['pairs_cache'] each bag's
-    pairs are loaded from there when present, and saved there when extracted."""
+    """Pairs per track from this rank's share of the bags (sharding.share_by_size): detection, tracking and
+    crops by the node's pipeline (no network). Track ids are unique over all the bags (1,000,000 per bag
+    in list order). The crops of a bag do not depend on the share; the flow estimator's random point
+    subsets run on through the share's bags, so flows differ slightly from one process's. With
+    cfg['pairs_cache'] each bag's pairs are loaded from there when present, and saved there when
+    extracted."""
     from kp3d_ros.train import pair_cache
 
     flow_fn = flow_function(cfg)
     tracks: list[list[PairSample]] = []
     cached = 0
-    for position, path in share(list(enumerate(paths)), ranks.rank, ranks.world_size):
+    mine = share_by_size(list(enumerate(paths)), [size_on_disk(p) for p in paths], ranks.rank, ranks.world_size)
+    for position, path in mine:
         stored = pair_cache.cache_file(cfg["pairs_cache"], path, topic, cfg["flow"]) if cfg.get("pairs_cache") else None
         if stored is not None and stored.is_file():
             tracks += pair_cache.load_tracks(stored)
