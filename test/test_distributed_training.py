@@ -5,6 +5,7 @@ its last checkpoint, and a checkpoint written before distributed training existe
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import socket
@@ -81,6 +82,11 @@ def _largest_difference(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point())
 
 
+def _last_logged(out: Path, name: str) -> float:
+    with (out / "log.csv").open() as f:
+        return float(list(csv.DictReader(f))[-1][name])
+
+
 # Six AdamW steps amplify the rounding of the gradient all-reduce (measured: 1.6e-4 at most, 7e-6 after one
 # step); other samples (the control) move the weights by 1.3e-2.
 TOLERANCE = 1e-3
@@ -100,6 +106,8 @@ def test_two_processes_train_the_weights_of_one(data: Path, tmp_path: Path):
     control = load_payload(tmp_path / "other" / "last.pt")["state_dict"]
     assert _largest_difference(a["state_dict"], control) > 5 * TOLERANCE
     assert not list((tmp_path / "two").glob("*.tmp"))  # checkpoints were written atomically
+    for name in ("val_loss", "val_mpjpe_cm"):  # each rank validated half the batches; the sums agree
+        assert _last_logged(tmp_path / "two", name) == pytest.approx(_last_logged(tmp_path / "one", name), rel=1e-3)
     nodes = tiny_config(tmp_path / "nodes.yaml", data, tmp_path / "nodes", epochs=2)
     outputs = two_agents("train", "stage1", "--config", str(nodes))
     assert sum(o.count("torchrun: 2 processes") for o in outputs) == 1

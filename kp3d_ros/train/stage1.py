@@ -227,11 +227,14 @@ def stage1_losses(model: KeypointNet, points, joints, parts, is_person, w_kp: fl
             "logits": logits}
 
 
-def validation(model: KeypointNet, batches: list, w_kp: float, w_seg: float) -> dict[str, float]:
+def validation(model: KeypointNet, batches: list, w_kp: float, w_seg: float, ranks: Ranks = SINGLE
+               ) -> dict[str, float]:
+    """Loss, MPJPE (cm, over the crops that hold a person) and segmentation accuracy over `batches`.
+    Distributed, each rank takes every world_size-th batch and the sums are added over the ranks."""
     tot = {"val_loss": 0.0, "val_mpjpe_cm": 0.0, "val_seg_acc": 0.0}
     n = people = 0.0
     device = next(model.parameters()).device
-    for batch in batches:
+    for batch in batches[ranks.rank::ranks.world_size]:
         points, joints, parts, is_person = (t.to(device) for t in batch)
         out = stage1_losses(model, points, joints, parts, is_person, w_kp, w_seg)
         b, p = len(points), float(is_person.sum())
@@ -239,6 +242,9 @@ def validation(model: KeypointNet, batches: list, w_kp: float, w_seg: float) -> 
         tot["val_mpjpe_cm"] += float(out["l_kp"]) * 100 * SCALE * p
         tot["val_seg_acc"] += float((out["logits"].argmax(-1) == parts).float().mean()) * b
         n, people = n + b, people + p
+    if ranks.distributed:
+        *sums, n, people = ranks.summed([*tot.values(), n, people])
+        tot = dict(zip(tot, sums, strict=True))
     return {k: v / max(people if k == "val_mpjpe_cm" else n, 1) for k, v in tot.items()}
 
 
@@ -294,7 +300,7 @@ def run(cfg: dict, resume: bool = False, log=print, ranks: Ranks = SINGLE) -> di
     meta = default_meta(cfg["num_points"]) | {"stage": "stage1", "train_samples": len(train_set),
                                               "data": str(root), "extra_train": ",".join(cfg.get("extra_train", []))}
     result = fit(model, optimizer, fit_cfg, batches, step,
-                 lambda: validation(model, val_batches, tcfg["w_kp"], tcfg["w_seg"]), meta, log, ranks)
+                 lambda: validation(model, val_batches, tcfg["w_kp"], tcfg["w_seg"], ranks), meta, log, ranks)
     log(f"done: {result}")
     return {"result": result, "out": cfg["out"]}
 
