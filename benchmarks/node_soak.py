@@ -1,11 +1,15 @@
 """Node soak: a 10 Hz bag looped into the real kp3d_node for a while; every frame's end-to-end latency.
 
 Run: .venv/bin/python benchmarks/node_soak.py [--seconds 60] [--people 5] [--bag BAG] [--separate-replay]
+         [--lifecycle-manager [--cycle S]]
 
 The bag (default: a 10 s synthetic street scene with 5 people, written once under data/bags/) is replayed
 in a loop at its original rate. By default the replay runs in this process (as `kp3d run --bag`);
 with --separate-replay it runs as its own `kp3d replay` process, as a LiDAR driver would. Latency is
 the node's own measure: cloud arrival in the subscription callback -> skeleton markers published.
+With --lifecycle-manager the node starts unconfigured and a client node in this process configures and
+activates it through its lifecycle services (as a lifecycle manager would); --cycle S also deactivates
+and re-activates it through them every S seconds during the soak (frames are timed while active).
 Prints a markdown row and the per-stage medians; --json writes everything.
 """
 
@@ -33,6 +37,31 @@ def ensure_bag(path: Path, people: int, seed: int) -> Path:
     return path
 
 
+class LifecycleClient:
+    """ChangeState calls on the node's lifecycle services from a separate client node (spun by the executor)."""
+
+    def __init__(self, executor, target: str) -> None:
+        from lifecycle_msgs.srv import ChangeState
+        from rclpy.node import Node
+
+        self.executor, self.node = executor, Node("kp3d_soak_lifecycle_manager")
+        executor.add_node(self.node)
+        self.client = self.node.create_client(ChangeState, f"{target}/change_state")
+
+    def change(self, label: str) -> bool:
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        from kp3d_ros.ros.run import spin_until
+
+        ids = {"configure": Transition.TRANSITION_CONFIGURE, "activate": Transition.TRANSITION_ACTIVATE,
+               "deactivate": Transition.TRANSITION_DEACTIVATE}
+        if not spin_until(self.executor, self.client.service_is_ready, 30.0):
+            return False
+        future = self.client.call_async(ChangeState.Request(transition=Transition(id=ids[label])))
+        return spin_until(self.executor, future.done, 60.0) and future.result().success
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -42,6 +71,10 @@ def main() -> int:
     parser.add_argument("--separate-replay", action="store_true", help="replay from another process")
     parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="NAME=VALUE",
                         help="node parameter overrides")
+    parser.add_argument("--lifecycle-manager", action="store_true",
+                        help="start the node unconfigured; configure and activate it through its lifecycle services")
+    parser.add_argument("--cycle", type=float, default=0.0,
+                        help="with --lifecycle-manager: deactivate and re-activate every this many seconds")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -58,13 +91,23 @@ def main() -> int:
 
     bag = args.bag or ensure_bag(ROOT / "data" / "bags" / f"soak_{args.people}people_10s_seed{args.seed}.mcap",
                                  args.people, args.seed)
-    params = load_params(overrides=parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    if args.lifecycle_manager:
+        overrides["lifecycle.autostart"] = False
+    params = load_params(overrides=overrides)
     rclpy.init()
     executor = MultiThreadedExecutor(num_threads=2)
     node = make_node(params)
     if node is None:
         return 1
     executor.add_node(node)
+    manager = None
+    if args.lifecycle_manager:
+        manager = LifecycleClient(executor, f"/{node.get_name()}")
+        if not (manager.change("configure") and manager.change("activate")):
+            print("the node did not configure and activate through its lifecycle services", file=sys.stderr)
+            return 1
+    cycles, next_cycle = 0, None
     player, replay_process, replay_node = None, None, None
     if args.separate_replay:
         replay_process = subprocess.Popen([sys.executable, "-m", "kp3d_ros.cli", "replay", str(bag), "--loop",
@@ -78,8 +121,16 @@ def main() -> int:
     latencies, people, seen = [], [], 0
     spin_until(executor, lambda: node.stats.received > 0, 60.0)  # the first cloud starts the clock
     end = time.monotonic() + args.seconds
+    if manager is not None and args.cycle > 0:
+        next_cycle = time.monotonic() + args.cycle
     while time.monotonic() < end:
         spin_until(executor, lambda: False, 0.5)
+        if next_cycle is not None and time.monotonic() >= next_cycle:
+            if not (manager.change("deactivate") and manager.change("activate")):
+                print("a lifecycle cycle failed", file=sys.stderr)
+                return 1
+            cycles += 1
+            next_cycle = time.monotonic() + args.cycle
         frames = node.stats.recent_frames()
         new = node.stats.processed - seen
         for _, latency, count in frames[len(frames) - min(new, len(frames)):]:
@@ -94,6 +145,8 @@ def main() -> int:
         replay_process.wait(10)
     executor.shutdown()
     node.destroy_node()
+    if manager is not None:
+        manager.node.destroy_node()
     if replay_node is not None:
         replay_node.destroy_node()
     rclpy.try_shutdown()
@@ -102,11 +155,14 @@ def main() -> int:
     summary = {
         "bag": str(bag), "seconds": args.seconds,
         "replay": "separate process" if args.separate_replay else "in process",
+        "lifecycle": ("autostart" if manager is None else "lifecycle services"
+                      + (f", deactivate/activate every {args.cycle:g} s ({cycles} cycles)" if args.cycle > 0 else "")),
         "received": stats["clouds_received"], "processed": stats["clouds_processed"],
         "dropped_newer_arrived": stats["clouds_dropped_newer_arrived"], "malformed": stats["clouds_malformed"],
         "frames_timed": int(lat.size), "people_mean": float(np.mean(people)) if people else 0.0,
         "e2e_median_ms": float(np.median(lat)), "e2e_p90_ms": float(np.percentile(lat, 90)),
         "e2e_p99_ms": float(np.percentile(lat, 99)), "e2e_max_ms": float(lat.max()),
+        "latencies_ms": [round(float(v), 3) for v in lat],
         "stage_median_ms": {k[len("latency_"):-len("_median_ms")]: round(v, 2) for k, v in stats.items()
                             if k.startswith("latency_") and k.endswith("_median_ms")},
     }

@@ -343,3 +343,15 @@ def test_kp3d_node_executable_waits_for_a_lifecycle_manager(ros):
             output, _ = process.communicate()
     assert process.returncode == 0, output
     assert "Traceback" not in output, output
+
+
+def test_kp3d_run_unconfigured_leaves_the_node_to_a_manager():
+    """`kp3d run --unconfigured` (in its own DDS domain: its node is /kp3d_node too) starts and ends cleanly
+    without configuring the node; by default `kp3d run` brings it to active (the other ROS tests)."""
+    env = {**os.environ, "ROS_DOMAIN_ID": str((int(os.environ.get("ROS_DOMAIN_ID", "0")) + 50) % 101)}
+    done = subprocess.run([sys.executable, "-m", "kp3d_ros.cli", "run", "--unconfigured", "--duration", "2"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "/kp3d_node is unconfigured" in output and "processed 0 of 0 clouds" in output
+    assert "backend none" in output and "configured: backend" not in output

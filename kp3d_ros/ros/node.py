@@ -138,8 +138,8 @@ class Kp3dNode(LifecycleNode):
         self._outputs: dict[str, Any] = {}  # lifecycle publishers, while configured
         self._active = False
         self._active_since: float | None = None
-        self.vision_msgs = optional_messages("vision_msgs")
-        self.tf_msgs = optional_messages("tf2_msgs")
+        self.vision_msgs = optional_messages("vision_msgs", "Detection3DArray")
+        self.tf_msgs = optional_messages("tf2_msgs", "TFMessage")
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", output_qos(10))
         self.diagnostics_timer = self.create_timer(self._declared("diagnostics.period_s"), self.publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -508,7 +508,10 @@ class Kp3dNode(LifecycleNode):
 
     def destroy_node(self) -> None:
         if self.lifecycle_state() in ("unconfigured", "inactive", "active"):
-            self.trigger_shutdown()
+            try:
+                self.trigger_shutdown()
+            except Exception as error:  # the node is destroyed anyway; say why it skipped the transition
+                self.get_logger().warning(f"shutdown transition failed: {one_line(error)}")
         self._stop_inputs()
         self._release()
         super().destroy_node()
@@ -560,10 +563,13 @@ def create_node(**node_kwargs: Any) -> Kp3dNode | None:
         return None
     if not node._declared("lifecycle.autostart"):
         return node
+    # The states, not the trigger_*() return values, decide (older rclpy releases return None from them).
     node.log_transition_failures = False
-    configured = node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    node.trigger_configure()
     node.log_transition_failures = True
-    if configured and (node.build_only or node.trigger_activate() == TransitionCallbackReturn.SUCCESS):
+    if node.lifecycle_state() == "inactive" and not node.build_only:
+        node.trigger_activate()
+    if node.lifecycle_state() == "active" or (node.build_only and node.lifecycle_state() == "inactive"):
         return node
     print(f"{NODE_NAME}: {node.configure_error or 'activation failed'}", file=sys.stderr)
     node.destroy_node()

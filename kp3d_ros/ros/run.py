@@ -120,6 +120,9 @@ def main(args: argparse.Namespace) -> int:
         if node.build_only:  # network.build_only: the node built the engine (or had nothing to build)
             return 0
         executor.add_node(node)
+        if node.lifecycle_state() != "active":
+            print(f"kp3d run: {node.get_fully_qualified_name()} is {node.lifecycle_state()}; it processes clouds "
+                  f"once a lifecycle manager configures and activates it", flush=True)
         player = None
         if args.bag is not None:
             replay_node = Node("kp3d_replay")

@@ -24,12 +24,16 @@ TF_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=Reli
                     durability=DurabilityPolicy.VOLATILE)  # tf2_ros.TransformBroadcaster's profile
 
 
-def optional_messages(package: str) -> ModuleType | None:
-    """``<package>.msg``, or None when that message package is not installed (or does not load)."""
+def optional_messages(package: str, message: str) -> ModuleType | None:
+    """``<package>.msg``, or None when that message package is not installed or its ``message`` type cannot be
+    used (a package whose compiled type support does not load would fail configure otherwise)."""
     try:
-        return importlib.import_module(f"{package}.msg")
-    except ImportError:
+        module = importlib.import_module(f"{package}.msg")
+        meta = getattr(module, message).__class__
+        meta.__import_type_support__()  # logs (does not raise) when the compiled part is missing
+    except Exception:  # ImportError, AttributeError, ...: treated as not installed
         return None
+    return module if getattr(meta, "_TYPE_SUPPORT", None) is not None else None
 
 
 def body_frame(track_id: int) -> str:
