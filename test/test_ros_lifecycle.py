@@ -75,17 +75,22 @@ class Manager:
         if msg.status and msg.status[0].hardware_id == self.target:
             self.diagnostics.append(msg)
 
-    def _call(self, client, request, timeout: float = 60.0):
+    def _call(self, client, request, timeout: float = 60.0, attempts: int = 1):
+        """The response; an idempotent request is sent again when no answer comes (a reply can be lost while
+        the server has not yet discovered the client's reply reader, across processes)."""
         assert client.wait_for_service(timeout_sec=30.0), f"{client.srv_name} not offered"
-        future = client.call_async(request)
-        assert wait_until(future.done, timeout), f"{client.srv_name}: no answer"
-        return future.result()
+        for _ in range(attempts):
+            future = client.call_async(request)
+            if wait_until(future.done, timeout / attempts):
+                return future.result()
+            client.remove_pending_request(future)
+        raise AssertionError(f"{client.srv_name}: no answer")
 
     def change(self, transition: int) -> bool:
         return self._call(self.change_client, ChangeState.Request(transition=Transition(id=transition))).success
 
     def state(self) -> str:
-        return self._call(self.get_client, GetState.Request()).current_state.label
+        return self._call(self.get_client, GetState.Request(), attempts=6).current_state.label
 
     def subscribers(self, topic: str) -> int:
         return self.node.count_subscribers(topic)
@@ -218,6 +223,34 @@ def test_deactivate_stops_taking_clouds_and_keeps_the_model(managed):
     assert node.pipeline is pipeline
 
 
+def test_diagnostics_tell_the_operator_about_budget_and_stale_input(managed):
+    """Over DDS: frames over the budget give WARN, then ERROR in a row; no clouds give a stale-input WARN."""
+    node, manager, points = managed
+    assert manager.state() == "active"
+
+    def status_with(text: str):
+        return wait_until(lambda: manager.diagnostics and text in manager.diagnostics[-1].status[0].message, 10.0)
+
+    node.set_parameters([Parameter("diagnostics.frame_budget_ms", value=1.0),
+                         Parameter("diagnostics.budget_error_frames", value=2),
+                         Parameter("diagnostics.stale_input_s", value=0.6),
+                         Parameter("diagnostics.min_input_rate_hz", value=0.0)])
+    _processed(manager, points, 500)  # no frame takes under 1 ms end to end
+    assert status_with("over the 1 ms budget")
+    assert manager.diagnostics[-1].status[0].level == DiagnosticStatus.WARN
+    _processed(manager, points, 501)
+    assert status_with("2 frames in a row over the 1 ms budget")
+    status = manager.diagnostics[-1].status[0]
+    assert status.level == DiagnosticStatus.ERROR
+    assert int(values_of(status)["frames_over_budget_in_a_row"]) >= 2
+    node.set_parameters([Parameter("diagnostics.frame_budget_ms", value=10000.0)])
+    _processed(manager, points, 502)  # within the budget: the run of slow frames ends
+    assert status_with("stale input: no cloud for")  # and then nothing arrives
+    assert manager.diagnostics[-1].status[0].level == DiagnosticStatus.WARN
+    node.set_parameters([Parameter("diagnostics.stale_input_s", value=1.0),
+                         Parameter("diagnostics.budget_error_frames", value=5)])
+
+
 def test_cleanup_frees_the_model_and_the_publishers(managed):
     node, manager, _ = managed
     assert not manager.change(Transition.TRANSITION_CLEANUP)  # not from active
@@ -326,7 +359,11 @@ def test_kp3d_node_executable_waits_for_a_lifecycle_manager(ros):
                                stderr=subprocess.STDOUT, text=True)
     try:
         manager = Manager(client, "/external/kp3d_node")
-        assert manager.state() == "unconfigured"
+        assert manager.state() == "unconfigured"  # (re-sent until answered: then replies reach this client)
+        # the same for change_state, with a request that changes nothing: activate is refused when unconfigured
+        refused = manager._call(manager.change_client, ChangeState.Request(
+            transition=Transition(id=Transition.TRANSITION_ACTIVATE)), attempts=6)
+        assert not refused.success and manager.state() == "unconfigured"
         assert manager.subscribers("/external/points") == 0
         assert manager.change(Transition.TRANSITION_CONFIGURE)
         assert manager.change(Transition.TRANSITION_ACTIVATE)
