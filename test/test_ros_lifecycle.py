@@ -392,3 +392,24 @@ def test_kp3d_run_unconfigured_leaves_the_node_to_a_manager():
     assert done.returncode == 0, output
     assert "/kp3d_node is unconfigured" in output and "processed 0 of 0 clouds" in output
     assert "backend none" in output and "configured: backend" not in output
+
+
+def test_ctrl_c_ends_kp3d_node_cleanly_in_any_state(ros):
+    """SIGINT while unconfigured: exit 0, quickly, and no complaint about the shutdown transition (rcl starts it
+    itself when the context shuts down; asking for it again logged an error)."""
+    _, client, _ = ros
+    command = [sys.executable, "-m", "kp3d_ros.ros.node", "--ros-args", "-r", "__ns:=/ctrl_c",
+               "-p", "lifecycle.autostart:=false"]
+    process = subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        assert Manager(client, "/ctrl_c/kp3d_node").state() == "unconfigured"
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        output, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0 and time.monotonic() - started < 10.0, output
+    assert "Unable to start transition" not in output and "Traceback" not in output, output

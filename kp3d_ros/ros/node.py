@@ -507,7 +507,8 @@ class Kp3dNode(LifecycleNode):
         self.diagnostics_pub.publish(diagnostic_array(stamp, self.get_fully_qualified_name(), values, level, message))
 
     def destroy_node(self) -> None:
-        if self.lifecycle_state() in ("unconfigured", "inactive", "active"):
+        # After Ctrl-C the context is shut down and rcl has begun the shutdown transition itself: release directly
+        if self.context.ok() and self.lifecycle_state() in ("unconfigured", "inactive", "active"):
             try:
                 self.trigger_shutdown()
             except Exception as error:  # the node is destroyed anyway; say why it skipped the transition
