@@ -173,3 +173,34 @@ def test_body_share_counts_only_points_near_the_track_axis():
     assert list(pipeline._confirmed_by_network([crop], parts, mask)) == [0]
     pipeline.params["detection.body_core_radius"] = 2.0
     assert list(pipeline._confirmed_by_network([crop], parts, mask)) == []
+
+
+def test_averaged_body_share_rejects_flickering_clutter_without_delaying_people(frames):
+    """detection.body_share_smoothing: a track's share is averaged over its frames, so clutter whose share
+    crosses the threshold now and then stays out, a person is accepted in its first frame and survives one
+    poor frame; with smoothing 0 each frame decides alone."""
+    from kp3d_ros.core.pipeline import TrackedCrop
+
+    model = _model_or_skip()
+    params = {**defaults(), "network.backend": "onnxruntime", "network.model_path": str(model),
+              "detection.min_body_share": 0.8, "detection.body_share_smoothing": 0.5}
+    pipeline = PerceptionPipeline.from_params(params)
+    for stamp, points in frames:  # real tracks: the averages of tracks that died are forgotten
+        real = pipeline.track(points, stamp)
+    rng = np.random.default_rng(0)
+    points = np.column_stack([rng.normal(10, 0.1, 100), rng.normal(0, 0.1, 100), rng.uniform(-1.8, -0.2, 100)])
+    crops = [TrackedCrop(real[i].track_id, points.astype(np.float32), np.array([10, 0, -1.9], np.float32), None,
+                         np.zeros(3, np.float32)) for i in (0, 1)]
+    mask = [np.ones(100, bool)] * 2
+
+    def labelled(share: float) -> np.ndarray:
+        return (np.arange(100) < round(100 * share)).astype(np.uint8) * 2  # torso for that share, else background
+
+    clutter = [0.0, 0.9, 0.1, 0.9, 0.2, 0.95]
+    person = [1.0, 1.0, 0.6, 1.0, 1.0, 1.0]
+    accepted = []
+    for c, p in zip(clutter, person, strict=True):
+        accepted.append(list(pipeline._confirmed_by_network(crops, [labelled(c), labelled(p)], mask)))
+    assert accepted == [[1]] * 6  # the clutter track never, the person in every frame, the first included
+    pipeline.params["detection.body_share_smoothing"] = 0.0
+    assert list(pipeline._confirmed_by_network(crops, [labelled(0.9), labelled(0.6)], mask)) == [0]

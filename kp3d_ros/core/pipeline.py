@@ -104,6 +104,7 @@ class PerceptionPipeline:
         self._previous_crops: dict[int, np.ndarray] = {}
         self._previous_people: dict[int, np.ndarray] = {}  # per track: the points flow was estimated on
         self._rejections: dict[int, int] = {}  # per track: frames in a row the network rejected (or skipped) it
+        self._body_shares: dict[int, float] = {}  # per track: its averaged body share (detection.body_share_smoothing)
         self._last_stamp_ns: int | None = None
         self.tracker = Tracker(self.params["tracking.gate_distance"], self.params["tracking.max_missed"],
                                self.params["tracking.min_hits"])
@@ -143,6 +144,7 @@ class PerceptionPipeline:
         self._previous_crops = {}
         self._previous_people = {}
         self._rejections = {}
+        self._body_shares = {}
         self._last_stamp_ns = None
 
     # -- detection and tracking -------------------------------------------------------------------
@@ -295,6 +297,13 @@ class PerceptionPipeline:
         radius = self.params["detection.body_core_radius"]
         shares = [body_share(c.points, p, c.centre, m, radius)
                   for c, p, m in zip(crops, parts, person_masks, strict=True)]
+        weight = float(self.params["detection.body_share_smoothing"])
+        if weight > 0:
+            for i, c in enumerate(crops):
+                before = self._body_shares.get(c.track_id, shares[i])
+                shares[i] = self._body_shares[c.track_id] = weight * before + (1.0 - weight) * shares[i]
+            alive = {tr.track_id for tr in self.tracker.tracks}
+            self._body_shares = {k: v for k, v in self._body_shares.items() if k in alive}
         return np.flatnonzero(np.array(shares) >= threshold)
 
     REJECTIONS_TO_SKIP = 3  # network rejections in a row after which a track is only rechecked now and then
