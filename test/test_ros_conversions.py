@@ -213,3 +213,27 @@ def test_pointcloud2_cdr_cut_short_or_foreign_is_an_error():
         with pytest.raises(ValueError):
             read_pointcloud2(bad)
     assert read_pointcloud2(data).width == 4
+
+
+def test_overlay_follows_the_camera_info_distortion():
+    """A person's joints all at one point: the dot lands where the plumb_bob model puts it, worked out by hand
+    (optical x' = 0.6, y' = 0.4, k1 = -0.3: radial 1 - 0.3 * 0.52 = 0.844, so u = 100 + 100 * 0.5064 and
+    v = 75 + 100 * 0.3376), not at the pinhole position (160, 115)."""
+    joints = np.tile(np.array([2.0, -1.2, -0.8], dtype=np.float32), (14, 1))  # LiDAR frame: optical (0.6, 0.4) * 2
+    image, info = _camera(width=200, height=150)
+    info.k = [100.0, 0.0, 100.0, 0.0, 100.0, 75.0, 0.0, 0.0, 1.0]
+    info.distortion_model, info.d = "plumb_bob", [-0.3, 0.0, 0.0, 0.0, 0.0]
+
+    def dot_centre(info):
+        rgb = image_to_rgb(_over_the_wire(overlay_image(image, info, [(1, joints)], EXTRINSICS)))
+        rows, cols = np.nonzero(rgb.any(axis=2))
+        return cols.mean(), rows.mean()
+
+    u, v = dot_centre(info)
+    assert (u, v) == pytest.approx((150.64, 108.76), abs=1.0)
+    info.d = [0.0] * 5
+    assert dot_centre(info) == pytest.approx((160.0, 115.0), abs=1.0)
+    info.distortion_model, info.d = "equidistant", [0.1, 0.0, 0.0, 0.0]
+    with pytest.raises(OverlayError, match="unsupported distortion model") as raised:
+        overlay_image(image, info, [(1, joints)], EXTRINSICS)
+    assert raised.value.reason == "unsupported_distortion"
