@@ -118,25 +118,36 @@ def main() -> int:
         player = BagPlayer(replay_node, bag, loop=True, topics=["/points"])
         spin_until(executor, lambda: player.publishers["/points"].get_subscription_count() > 0, 5.0)
         player.start()
-    latencies, people, seen = [], [], 0
-    spin_until(executor, lambda: node.stats.received > 0, 60.0)  # the first cloud starts the clock
-    end = time.monotonic() + args.seconds
-    if manager is not None and args.cycle > 0:
-        next_cycle = time.monotonic() + args.cycle
-    while time.monotonic() < end:
-        spin_until(executor, lambda: False, 0.5)
-        if next_cycle is not None and time.monotonic() >= next_cycle:
-            if not (manager.change("deactivate") and manager.change("activate")):
-                print("a lifecycle cycle failed", file=sys.stderr)
-                return 1
-            cycles += 1
-            next_cycle = time.monotonic() + args.cycle
+    latencies, people, activations = [], [], []  # activations: index of the first frame after each re-activation
+    seen = 0
+
+    def collect() -> None:
+        nonlocal seen
         frames = node.stats.recent_frames()
         new = node.stats.processed - seen
         for _, latency, count in frames[len(frames) - min(new, len(frames)):]:
             latencies.append(latency)
             people.append(count)
         seen += new
+
+    spin_until(executor, lambda: node.stats.received > 0, 60.0)  # the first cloud starts the clock
+    end = time.monotonic() + args.seconds
+    if manager is not None and args.cycle > 0:
+        next_cycle = time.monotonic() + args.cycle
+    while time.monotonic() < end:
+        spin_until(executor, lambda: False, 0.5)
+        collect()
+        if next_cycle is not None and time.monotonic() >= next_cycle:
+            if not manager.change("deactivate"):
+                print("a lifecycle cycle failed", file=sys.stderr)
+                return 1
+            collect()  # the frames finished before the deactivation
+            activations.append(len(latencies))
+            if not manager.change("activate"):
+                print("a lifecycle cycle failed", file=sys.stderr)
+                return 1
+            cycles += 1
+            next_cycle = time.monotonic() + args.cycle
     stats = node.stats.snapshot()
     if player is not None:
         player.stop()
@@ -163,6 +174,7 @@ def main() -> int:
         "e2e_median_ms": float(np.median(lat)), "e2e_p90_ms": float(np.percentile(lat, 90)),
         "e2e_p99_ms": float(np.percentile(lat, 99)), "e2e_max_ms": float(lat.max()),
         "latencies_ms": [round(float(v), 3) for v in lat],
+        "first_frame_after_activation": activations,  # indices into latencies_ms
         "stage_median_ms": {k[len("latency_"):-len("_median_ms")]: round(v, 2) for k, v in stats.items()
                             if k.startswith("latency_") and k.endswith("_median_ms")},
     }
