@@ -147,7 +147,7 @@ def test_a_killed_rank_restarts_and_the_job_resumes(data: Path, tmp_path: Path):
     out.mkdir()
     (out / "last.pt").write_bytes(PRE_DISTRIBUTED.read_bytes())  # 2 processes resume today's checkpoints too
     config = tiny_config(tmp_path / "c.yaml", data, out, epochs=60)
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     command = kp3d("train", "stage1", "--config", str(config), "--resume", processes=2, restarts=1)
     with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True) as agent:
@@ -212,3 +212,13 @@ def test_one_gpu_trains_the_weights_of_the_cpu(data: Path, tmp_path: Path):
         config = tiny_config(tmp_path / "two.yaml", data, tmp_path / "two", epochs=2)
         run(kp3d("train", "stage1", "--config", str(config), "--device", "cuda", processes=2))
         assert _largest_difference(a, load_payload(tmp_path / "two" / "last.pt")["state_dict"]) < TOLERANCE
+
+
+def test_a_restart_warning_only_where_torchrun_shares_its_store_and_restarts():
+    from kp3d_ros.train.distributed import restart_warning
+
+    shared = {"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_MAX_RESTARTS": "3"}
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in restart_warning(shared)
+    assert restart_warning(shared | {"TORCHELASTIC_MAX_RESTARTS": "0"}) is None
+    assert restart_warning(shared | {"TORCHELASTIC_USE_AGENT_STORE": "False"}) is None
+    assert restart_warning({}) is None

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -102,6 +103,17 @@ def training_device(name: str = "cpu") -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def restart_warning(env: Mapping[str, str]) -> str | None:
+    """Why a torchrun restart may fail to reconnect, or None. torchrun shares its rendezvous TCP store
+    with the workers by default and keeps it across restarts, so restarted workers can read the dead
+    ones' addresses (pytorch/pytorch#135712; seen here with gloo: connection refused or a hang)."""
+    shared = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if shared and int(env.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0:
+        return ("warning: torchrun --max-restarts with its shared TCP store: a restart can fail to reconnect; "
+                "start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1")
+    return None
+
+
 @contextlib.contextmanager
 def process_group(device: torch.device = CPU) -> Iterator[Ranks]:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT in the environment)
@@ -110,6 +122,9 @@ def process_group(device: torch.device = CPU) -> Iterator[Ranks]:
     if world_size <= 1:
         yield Ranks(device=device)
         return
+    warning = restart_warning(os.environ)
+    if warning and int(os.environ.get("RANK", 0)) == 0:
+        print(warning, file=sys.stderr)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)

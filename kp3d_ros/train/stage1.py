@@ -290,7 +290,12 @@ def run(cfg: dict, resume: bool = False, log=print, ranks: Ranks = SINGLE) -> di
 
     def step(batch) -> dict[str, float]:
         out = stage1_losses(net, *(t.to(device) for t in batch), tcfg["w_kp"], tcfg["w_seg"])
-        out["loss"].backward()
+        loss = out["loss"]
+        if ranks.distributed:  # the keypoint term averaged over the global batch's people, as in one process
+            people = float(batch[3].sum())
+            share = ranks.world_size * people / max(ranks.summed([people])[0], 1.0)
+            loss = loss + tcfg["w_kp"] * (share - 1.0) * out["l_kp"]
+        loss.backward()
         return {"loss": out["loss"].item(), "l_kp": out["l_kp"].item(), "l_seg": out["l_seg"].item()}
 
     budget = 60 * tcfg["max_minutes"] if tcfg.get("max_minutes") else None
