@@ -5,6 +5,7 @@ its last checkpoint, and a checkpoint written before distributed training existe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
@@ -150,7 +151,7 @@ def test_a_killed_rank_restarts_and_the_job_resumes(data: Path, tmp_path: Path):
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     command = kp3d("train", "stage1", "--config", str(config), "--resume", processes=2, restarts=1)
     with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as agent:
+                          text=True, start_new_session=True) as agent:
         try:
             deadline = time.time() + 180
             while _epochs_logged(out) < 3:  # by this run (the copied checkpoint came without a log)
@@ -160,9 +161,9 @@ def test_a_killed_rank_restarts_and_the_job_resumes(data: Path, tmp_path: Path):
             killed_at = load_payload(out / "last.pt")["epoch"]
             os.kill(_workers(agent.pid)[1], signal.SIGKILL)
             output, _ = agent.communicate(timeout=240)
-        finally:
-            if agent.poll() is None:
-                agent.kill()
+        finally:  # the agent and any worker it left behind (its session)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(agent.pid, signal.SIGKILL)
     assert agent.returncode == 0, output[-3000:]
     resumed = [x for x in output.splitlines() if "resumed from" in x]
     assert len(resumed) == 2 and "epoch 1, step 3" in resumed[0], output[-3000:]
