@@ -1,12 +1,12 @@
 """`kp3d demo`: a synthetic scene bag played through the real ROS 2 node, scored against its ground truth.
 
-Steps: write a small synthetic bag (`kp3d synth-bag`, with camera), start kp3d_node, a replay of the
-node's input topics and a collector of the node's outputs in this process, play the bag once, then
-print per-frame end-to-end latency (cloud arrival -> markers published) and accuracy (MPJPE, PCK@10cm
-after matching people to the truth), and draw out/demo.png (top and side view: points, predicted
-skeletons, ground truth). The ground truth and the points of the picture are read from the bag file
-(kp3d_ros.core.bagio), not received over ROS. The demo fails (exit 1) when the node processed fewer
-than MIN_PROCESSED of the bag's clouds.
+Steps: write a small synthetic bag (`kp3d synth-bag`, with camera); start kp3d_node in its own process, as
+the launch file does, and in this one a replay of the node's input topics and a collector of its outputs,
+all in a namespace of the demo's own; play the bag once; then print per-frame latency (the replay's publish
+of a cloud -> the node's keypoints received) and accuracy (MPJPE, PCK@10cm after matching people to the
+truth), and draw out/demo.png (top and side view: points, predicted skeletons, ground truth). The ground
+truth and the points of the picture are read from the bag file (kp3d_ros.core.bagio), not received over
+ROS. The demo fails (exit 1) when the outputs of fewer than MIN_PROCESSED of the bag's clouds arrived.
 """
 
 from __future__ import annotations
@@ -104,34 +104,35 @@ def make_bag(path: Path, people: int, seconds: float, seed: int, camera: bool = 
     return cli.main(argv + (["--camera"] if camera else []))
 
 
-def private_ros_domain() -> str:
-    """Keep the demo to this machine and, unless ROS_DOMAIN_ID is set, to a ROS domain of its own, so that no
-    other kp3d_node, sensor or recorder on the network mixes with it. Returns the domain used."""
-    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
-    if os.environ.get("ROS_DISTRO") == "humble":
-        os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
-    else:
-        os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    return os.environ["ROS_DOMAIN_ID"]
+def demo_namespace() -> str:
+    """The namespace of this demo's node and topics: unique per process, so that no sensor, recorder or other
+    kp3d_node on the ROS domain mixes with the demo (and the demo's clouds reach no one else's node)."""
+    return f"/kp3d_demo_{os.getpid()}"
 
 
-def node_command(overrides: dict[str, Any]) -> list[str]:
-    """kp3d_node as its own Python process, with these parameters and the launch file's input topics."""
-    from kp3d_ros.ros.run import DEFAULT_REMAPS
-
-    command = [sys.executable, "-m", "kp3d_ros.ros.node", "--ros-args"]
+def node_command(overrides: dict[str, Any], namespace: str) -> list[str]:
+    """kp3d_node as its own Python process in `namespace`, with these parameters, reading the demo's inputs."""
+    command = [sys.executable, "-m", "kp3d_ros.ros.node", "--ros-args", "-r", f"__ns:={namespace}"]
     for name, value in overrides.items():
         command += ["-p", f"{name}:={json.dumps(value)}"]  # JSON values are YAML values
-    for name, topic in DEFAULT_REMAPS.items():
+    for name, topic in input_remaps(namespace).items():
         command += ["-r", f"{name}:={topic}"]
     return command
 
 
-def diagnostics_values(msg) -> dict[str, Any]:
-    """The key/values of the node's pipeline status in a DiagnosticArray (numbers as float); {} if none."""
+def input_remaps(namespace: str) -> dict[str, str]:
+    """The node's input names -> the demo's topics: the launch file's defaults, inside the namespace."""
+    from kp3d_ros.ros.run import DEFAULT_REMAPS
+
+    return {name: namespace + topic for name, topic in DEFAULT_REMAPS.items()}
+
+
+def diagnostics_values(msg, node_name: str) -> dict[str, Any]:
+    """The key/values (numbers as float) of the pipeline status of the node `node_name` (fully qualified) in a
+    DiagnosticArray; {} if it holds none."""
     for status in msg.status:
         values = {kv.key: kv.value for kv in status.values}
-        if "clouds_processed" in values:
+        if status.name.startswith(f"{node_name}:") and "clouds_processed" in values:
             out: dict[str, Any] = {}
             for key, value in values.items():
                 try:
@@ -174,7 +175,7 @@ def play_through_node(bag: Path, overrides: dict[str, Any], rate: float, timeout
     from kp3d_ros.ros.pointcloud2 import cloud_to_array
     from kp3d_ros.ros.qos import output_qos
     from kp3d_ros.ros.replay import BagPlayer
-    from kp3d_ros.ros.run import spin_until
+    from kp3d_ros.ros.run import DEFAULT_REMAPS, spin_until
 
     collected = Collected(truth=read_keypoints(bag, GT_TOPIC))
     sent: dict[int, float] = {}  # cloud header stamp -> monotonic s of its publish
@@ -189,34 +190,40 @@ def play_through_node(bag: Path, overrides: dict[str, Any], rate: float, timeout
     def on_overlay(data: bytes) -> None:
         overlay[:] = [data]
 
+    namespace = demo_namespace()
+    node_name = f"{namespace}/kp3d_node"
+
     def on_diagnostics(msg) -> None:
-        if diagnostics_values(msg):
+        if diagnostics_values(msg, node_name):
             diagnostics[:] = [(time.monotonic(), msg)]
 
     use_large_message_profile()
-    process = subprocess.Popen(node_command(overrides))
     rclpy.init()
     executor = SingleThreadedExecutor()
-    nodes = []
+    nodes, process = [], None
     try:
-        collector = Node("kp3d_demo_collector")
-        replay = Node("kp3d_demo_replay")
+        collector = Node("kp3d_demo_collector", namespace=namespace)
+        replay = Node("kp3d_demo_replay", namespace=namespace)
         nodes += [collector, replay]
         # raw: the callbacks only keep the bytes; they are deserialized after the run
-        keypoints_sub = collector.create_subscription(
-            PointCloud2, "/kp3d_node/keypoints", lambda data: received.append((time.monotonic(), data)),
+        keypoints_topic = f"{node_name}/keypoints"
+        collector.create_subscription(
+            PointCloud2, keypoints_topic, lambda data: received.append((time.monotonic(), data)),
             output_qos(100), raw=True)
-        collector.create_subscription(Image, "/kp3d_node/overlay", on_overlay, output_qos(2), raw=True)
+        collector.create_subscription(Image, f"{node_name}/overlay", on_overlay, output_qos(2), raw=True)
         collector.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, output_qos(10))
         for n in nodes:
             executor.add_node(n)
-        player = BagPlayer(replay, bag, rate=rate, topics=INPUT_TOPICS, start_delay=0.5, on_publish=on_publish)
+        remaps = input_remaps(namespace)
+        player = BagPlayer(replay, bag, rate=rate, topics=INPUT_TOPICS, start_delay=0.5, on_publish=on_publish,
+                           remap={topic: remaps[name] for name, topic in DEFAULT_REMAPS.items()})
+        process = subprocess.Popen(node_command(overrides, namespace))
 
         def ready() -> bool:  # the node has started (model loaded, warmed up) and both sides have matched
             if process.poll() is not None:
                 raise RuntimeError(f"kp3d_node exited with code {process.returncode} before it was ready")
             return (player.publishers[POINTS_TOPIC].get_subscription_count() > 0
-                    and keypoints_sub.get_publisher_count() > 0)
+                    and collector.count_publishers(keypoints_topic) > 0)
 
         if not spin_until(executor, ready, NODE_START_TIMEOUT_S):
             raise RuntimeError(f"kp3d_node was not ready after {NODE_START_TIMEOUT_S:.0f} s")
@@ -232,6 +239,8 @@ def play_through_node(bag: Path, overrides: dict[str, Any], rate: float, timeout
         spin_until(executor, settled, 10.0)
         after = time.monotonic()
         spin_until(executor, lambda: bool(diagnostics) and diagnostics[0][0] > after, 5.0)  # counts after the end
+        if process.poll() is not None:
+            print(f"kp3d demo: kp3d_node exited with code {process.returncode} during the playback", file=sys.stderr)
     finally:
         for n in nodes:
             executor.remove_node(n)
@@ -240,7 +249,8 @@ def play_through_node(bag: Path, overrides: dict[str, Any], rate: float, timeout
             n.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-        _stop_process(process)
+        if process is not None:
+            _stop_process(process)
     frames = []
     for at, data in received:
         msg = deserialize_message(data, PointCloud2)
@@ -251,7 +261,7 @@ def play_through_node(bag: Path, overrides: dict[str, Any], rate: float, timeout
         frames.append((stamp, latency, len(collected.predicted[stamp])))
     if overlay:
         collected.overlay = image_to_rgb(deserialize_message(overlay[0], Image))
-    stats = diagnostics_values(diagnostics[0][1]) if diagnostics else {}
+    stats = diagnostics_values(diagnostics[0][1], node_name) if diagnostics else {}
     return collected, stats, frames, str(stats.get("backend", "unknown"))
 
 
@@ -352,13 +362,17 @@ def main(args: argparse.Namespace) -> int:
     except ParameterError as error:
         print(f"kp3d demo: invalid parameters: {error}", file=sys.stderr)
         return 2
-    domain = private_ros_domain()
-    print(f"playing it through kp3d_node (its own process; ROS domain {domain}, this machine only) ...")
+    print(f"playing it through kp3d_node (its own process, in the namespace {demo_namespace()}) ...")
+    from rclpy.executors import ExternalShutdownException
+
     try:
         collected, stats, frames, backend = play_through_node(bag, overrides, args.rate)
-    except RuntimeError as error:
+    except RuntimeError as error:  # rclpy's RCLError is one too
         print(f"kp3d demo: {error}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        print("kp3d demo: interrupted", file=sys.stderr)
+        return 130
 
     print(f"\nbackend: {backend}")
     print(f"{'t (s)':>8} {'latency ms':>11} {'people':>7} {'truth':>6} {'matched':>8} {'MPJPE cm':>9} {'PCK@10cm':>9}")

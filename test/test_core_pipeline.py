@@ -197,10 +197,10 @@ def test_averaged_body_share_rejects_flickering_clutter_without_delaying_people(
         return (np.arange(100) < round(100 * share)).astype(np.uint8) * 2  # torso for that share, else background
 
     clutter = [0.0, 0.9, 0.1, 0.9, 0.2, 0.95]
-    person = [1.0, 1.0, 0.6, 1.0, 1.0, 1.0]
+    person = [1.0, 1.0, 0.7, 1.0, 1.0, 1.0]
     accepted = []
     for c, p in zip(clutter, person, strict=True):
         accepted.append(list(pipeline._confirmed_by_network(crops, [labelled(c), labelled(p)], mask)))
     assert accepted == [[1]] * 6  # the clutter track never, the person in every frame, the first included
     pipeline.params["detection.body_share_smoothing"] = 0.0
-    assert list(pipeline._confirmed_by_network(crops, [labelled(0.9), labelled(0.6)], mask)) == [0]
+    assert list(pipeline._confirmed_by_network(crops, [labelled(0.9), labelled(0.7)], mask)) == [0]

@@ -181,7 +181,7 @@ def test_header_stamp_read_from_cdr_bytes():
             header_stamp_ns(garbage)
 
 
-@pytest.mark.parametrize("frame_id", ["", "l", "lidar", "os_sensor_top_front"])  # every string alignment
+@pytest.mark.parametrize("frame_id", ["", "l", "ab", "lidar", "os_sensor_top_front"])  # every string alignment
 def test_pointcloud2_read_from_cdr_equals_rclpy(frame_id):
     from kp3d_ros.ros.cdr import read_pointcloud2
 
@@ -209,7 +209,8 @@ def test_pointcloud2_cdr_cut_short_or_foreign_is_an_error():
     from kp3d_ros.ros.cdr import read_pointcloud2
 
     data = serialize_message(_raw_cloud(bytes(16 * 4), [("x", 0, PointField.FLOAT32, 1)], 16, 4))
-    for bad in (data[:-2], data[:30], data[:5], b"\x09\x09" + data[2:]):
+    for bad in (data[:-2], data[:30], data[:5], b"\x09\x09" + data[2:], b"\x00\x07" + data[2:],  # XCDR2
+                data[:32] + (10**6).to_bytes(4, "little") + data[36:]):  # a field count that cannot fit
         with pytest.raises(ValueError):
             read_pointcloud2(bad)
     assert read_pointcloud2(data).width == 4
@@ -237,3 +238,31 @@ def test_overlay_follows_the_camera_info_distortion():
     with pytest.raises(OverlayError, match="unsupported distortion model") as raised:
         overlay_image(image, info, [(1, joints)], EXTRINSICS)
     assert raised.value.reason == "unsupported_distortion"
+
+
+def test_pointcloud2_read_from_big_endian_cdr():
+    """Plain CDR in big-endian byte order (encapsulation 0x0000), written here field by field."""
+    import struct
+
+    from kp3d_ros.ros.cdr import read_pointcloud2
+
+    def string(text: str) -> bytes:
+        raw = text.encode() + b"\x00"
+        return struct.pack(">I", len(raw)) + raw
+
+    def pad(body: bytes, align: int) -> bytes:
+        return body + bytes(-len(body) % align)
+
+    points = np.arange(6, dtype=">f4").tobytes()  # two points x y z, big-endian floats
+    body = struct.pack(">iI", 7, 9) + string("abc")  # stamp, frame_id: 4 + 4 + 8 bytes
+    body = pad(body, 4) + struct.pack(">II", 1, 2) + struct.pack(">I", 3)  # height, width, 3 fields
+    for name, offset in (("x", 0), ("y", 4), ("z", 8)):
+        body = pad(body, 4) + string(name)
+        body = pad(body, 4) + struct.pack(">I", offset) + bytes([PointField.FLOAT32])
+        body = pad(body, 4) + struct.pack(">I", 1)
+    body += b"\x01"  # is_bigendian
+    body = pad(body, 4) + struct.pack(">II", 12, 24) + struct.pack(">I", len(points)) + points + b"\x01"
+    cloud = read_pointcloud2(b"\x00\x00\x00\x00" + body)
+    assert (cloud.header.stamp.sec, cloud.header.stamp.nanosec, cloud.header.frame_id) == (7, 9, "abc")
+    assert [f.name for f in cloud.fields] == ["x", "y", "z"] and cloud.width == 2 and cloud.is_dense
+    np.testing.assert_array_equal(cloud_to_xyz(cloud)[0], np.arange(6, dtype=np.float32).reshape(2, 3))

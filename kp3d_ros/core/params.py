@@ -68,9 +68,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       "through). 0 publishes every track.", 0.0, 1.0),
     P("detection.body_share_smoothing", 0.0,
       "Weight of a track's past in the body share that detection.min_body_share tests: the exponential average "
-      "s = w * s_before + (1 - w) * share, started at the track's first share (so no frame of delay); 0 tests "
-      "each frame's share alone. Clutter the network is unsure of crosses a threshold now and then, people rarely "
-      "drop below it.", 0.0, 0.95),
+      "s = w * s_before + (1 - w) * share, started at the track's first share (no delay for a person whose first "
+      "share passes; one whose first shares are low, coming out of occlusion, is accepted later, and after 3 "
+      "rejections only checked every detection.recheck_interval frames); 0 tests each frame's share alone. "
+      "Clutter the network is unsure of crosses a threshold now and then, people rarely drop below it.", 0.0, 0.95),
     P("detection.body_core_radius", 0.5,
       "Radius (m) around a track's axis of the crop points that decide detection.min_body_share (farther ones, "
       "such as a car beside the person, are rightly background).", 0.1, 2.0),

@@ -112,8 +112,10 @@ class BagPlayer:
     def __init__(self, node: Node, bag: str | Path, rate: float = 1.0, loop: bool = False, clock: bool = False,
                  topics: Sequence[str] | None = None, start_delay: float = 0.0,
                  wait_for_subscribers: float = 0.0,
-                 on_publish: Callable[[str, bytes, float], None] | None = None) -> None:
-        """on_publish(topic, CDR bytes, monotonic s) is called from the replay thread after each publish."""
+                 on_publish: Callable[[str, bytes, float], None] | None = None,
+                 remap: dict[str, str] | None = None) -> None:
+        """on_publish(bag topic, CDR bytes, monotonic s) is called from the replay thread after each publish;
+        remap publishes a bag topic under another name (publishers stay keyed by the bag's topic)."""
         if rate <= 0.0:
             raise ValueError(f"rate must be positive, got {rate}")
         self.node, self.bag, self.rate, self.loop = node, Path(bag), float(rate), loop
@@ -132,7 +134,8 @@ class BagPlayer:
         for conn in self.connections:
             if conn.topic not in self.publishers:
                 qos, self.qos_sources[conn.topic] = replay_qos([c for c in self.connections if c.topic == conn.topic])
-                self.publishers[conn.topic] = node.create_publisher(message_class(conn.msgtype), conn.topic, qos)
+                name = (remap or {}).get(conn.topic, conn.topic)
+                self.publishers[conn.topic] = node.create_publisher(message_class(conn.msgtype), name, qos)
         self.clock_pub = node.create_publisher(Clock, "/clock", output_qos(1)) if clock else None
         self._preload = bag_size(self.bag) <= PRELOAD_BYTES
         self._messages: list[tuple[str, int, bytes]] | None = None  # (topic, stamp ns, CDR) once preloaded

@@ -210,7 +210,8 @@ def _walker_path(rng: np.random.Generator) -> np.ndarray:
 
 
 def _sequence_families(rng: np.random.Generator) -> list[str]:
-    """Two different SCENE_FAMILIES with standing up between them, e.g. squat, upright, kneel (then back)."""
+    """Two different SCENE_FAMILIES with standing up between them, e.g. squat, upright, kneel; the loop then goes
+    from the second straight back to the first (kneel to squat)."""
     first, second = rng.choice(len(SCENE_FAMILIES), 2, replace=False)
     return [SCENE_FAMILIES[first], "upright", SCENE_FAMILIES[second]]
 
