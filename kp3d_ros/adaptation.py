@@ -9,8 +9,15 @@ builds a new session, TensorRT refits), which never blocks perception.
 
 Guards: one submitted sample in HOLDOUT_EVERY is held back; before a swap the candidate weights are
 scored on the held-back pairs (Stage II loss and skeleton plausibility: bones within human ranges,
-left/right limb symmetry) against the last good weights; a regression rolls the model back to them
-and counts a rollback. Accepted weights are saved to ``adaptation.checkpoint_dir`` when it is set.
+left/right limb symmetry) against the last good weights and against the frozen source model (the
+weights the adapter started from). A candidate worse than either (held-back loss more than 15 % above
+the last good weights' or more than ``adaptation.source_tolerance`` above the source's, or less
+plausible) is refused. While the backend runs adapted weights, a candidate refused against the source
+only, or adapted weights in the backend that are themselves no longer within the tolerance of the
+source, send the model, the optimizer and the backend back to the source weights (a reset): a slow
+drift that passes every step-to-step check is caught against the fixed reference. Any other refusal
+rolls the model back to the last good weights (a rollback). Accepted weights are saved to
+``adaptation.checkpoint_dir`` when it is set.
 """
 
 from __future__ import annotations
@@ -66,8 +73,8 @@ class OnlineAdapter:
                 p.requires_grad_(False)
         self.objective = Stage2Objective(self.model, frozen, losses.LossWeights(), seg_target)
         self.optimizer = self._new_optimizer()
-        self._good_state = copy.deepcopy(self.model.state_dict())
-        self._good_score: dict[str, float] | None = None
+        self._source_state = copy.deepcopy(self.model.state_dict())  # frozen: the reference of every guard
+        self._good_state = self._source_state
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._buffer: deque = deque(maxlen=int(params["adaptation.buffer_size"]))
@@ -75,8 +82,9 @@ class OnlineAdapter:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._submitted = 0
-        self._stats = {"steps": 0, "swaps": 0, "rollbacks": 0, "dropped": 0, "rejected": 0, "errors": 0,
-                       "last_loss": float("nan"), "last_swap_s": 0.0, "last_error": ""}
+        self._stats = {"steps": 0, "swaps": 0, "rollbacks": 0, "resets": 0, "dropped": 0, "rejected": 0,
+                       "errors": 0, "last_loss": float("nan"), "last_swap_s": 0.0, "last_error": "",
+                       "signal": float("nan"), "source_signal": float("nan"), "on_source": True}
         self._last_swap = time.monotonic()
         self._steps_since_swap = 0
         self._thread: threading.Thread | None = None
@@ -125,7 +133,9 @@ class OnlineAdapter:
         return True
 
     def state(self) -> dict:
-        """Diagnostics: steps, last loss, swaps, rollbacks, buffer fill, dropped and rejected samples."""
+        """Diagnostics: steps, last loss, swaps, rollbacks, resets to the source, the signal (held-back loss of
+        the last candidate) and the source model's, whether the backend runs the source weights, buffer
+        fill, dropped and rejected samples."""
         with self._lock:
             out = dict(self._stats)
             out["buffer"] = len(self._buffer)
@@ -202,22 +212,29 @@ class OnlineAdapter:
         out["finite"] = float(torch.isfinite(keypoints).all())
         return out
 
-    def _acceptable(self, candidate: dict[str, float], good: dict[str, float]) -> tuple[bool, str]:
+    def _acceptable(self, candidate: dict[str, float], good: dict[str, float],
+                    loss_tolerance: float = LOSS_TOLERANCE) -> tuple[bool, str]:
+        """Whether `candidate`'s scores are no worse than the reference `good` by more than the tolerances."""
         if not candidate["finite"] or not np.isfinite(candidate["loss"]):
             return False, "non-finite outputs"
         if candidate["bones_in_range"] < good["bones_in_range"] - BONES_TOLERANCE:
             return False, f"bones in range {candidate['bones_in_range']:.2f} < {good['bones_in_range']:.2f}"
         if candidate["left_right_mismatch"] > good["left_right_mismatch"] + MISMATCH_TOLERANCE:
             return False, f"left/right mismatch {candidate['left_right_mismatch']:.2f}"
-        if candidate["loss"] > LOSS_TOLERANCE * good["loss"] + 1e-6:
-            return False, f"held-back loss {candidate['loss']:.4f} > {good['loss']:.4f}"
+        if candidate["loss"] > loss_tolerance * good["loss"] + 1e-6:
+            return False, f"held-back loss {candidate['loss']:.4g} > {good['loss']:.4g}"
         return True, "ok"
 
-    def consider_swap(self, force: bool = False) -> bool:
-        """Guard the current weights on held-back pairs; swap them into the backend or roll back.
+    def _scored(self, state: dict, held: list[PairSample]) -> dict[str, float]:
+        self.model.load_state_dict(state)
+        return self.score(held)
 
-        Returns True when new weights went into the backend. Waits (returns False) while the rate limit
-        or too few held-back pairs say so, unless force (the rate limit only).
+    def consider_swap(self, force: bool = False) -> bool:
+        """Guard the current weights on held-back pairs; swap them into the backend, roll back, or reset.
+
+        Returns True when the candidate weights went into the backend (a reset puts the source weights
+        there and returns False). Waits (returns False) while the rate limit or too few held-back pairs
+        say so, unless force (the rate limit only).
         """
         interval = float(self.params["adaptation.min_interval_s"])
         if not force and (self._steps_since_swap == 0 or time.monotonic() - self._last_swap < interval):
@@ -225,29 +242,63 @@ class OnlineAdapter:
         held = self._take(self._holdout, HOLDOUT_SIZE, pop=False)
         if len(held) < MIN_HOLDOUT:
             return False
-        candidate = self.score(held)
         current_state = copy.deepcopy(self.model.state_dict())
-        self.model.load_state_dict(self._good_state)
-        good = self.score(held)  # the last good weights on today's held-back pairs
-        ok, why = self._acceptable(candidate, good)
+        on_source = self._good_state is self._source_state
+        candidate = self.score(held)
+        source = self._scored(self._source_state, held)
+        good = source if on_source else self._scored(self._good_state, held)
         self._steps_since_swap = 0
         self._last_swap = time.monotonic()
-        if not ok:
-            self.optimizer = self._new_optimizer()  # model already holds the good weights
+        with self._lock:
+            self._stats["signal"], self._stats["source_signal"] = candidate["loss"], source["loss"]
+        tolerance = 1.0 + float(self.params["adaptation.source_tolerance"])
+        if not on_source and not self._acceptable(good, source, tolerance)[0]:
+            self._reset_to_source("the weights in use drifted from the source")
+            return False
+        ok, why = self._acceptable(candidate, good)
+        if ok:
+            near_source, why = self._acceptable(candidate, source, tolerance)
+            if not near_source and not on_source:
+                self._reset_to_source(f"{why} (source)")
+                return False
+            ok = near_source
+        if not ok:  # back to the last good weights (the source ones, when nothing was swapped in yet)
+            self.model.load_state_dict(self._good_state)
+            self.optimizer = self._new_optimizer()
             with self._lock:
                 self._stats["rollbacks"] += 1
                 self._stats["last_error"] = f"rollback: {why}"
             self.log.warning(f"adaptation: rolled back ({why})")
             return False
         self.model.load_state_dict(current_state)
-        start = time.perf_counter()
-        self.backend.update_weights({k: v.detach().clone() for k, v in current_state.items()})
+        self._push(current_state)
         self._good_state = current_state
         with self._lock:
             self._stats["swaps"] += 1
-            self._stats["last_swap_s"] = time.perf_counter() - start
+            self._stats["on_source"] = False
         self._save_checkpoint()
         return True
+
+    def _push(self, state: dict) -> None:
+        """Put `state`'s weights into the inference backend, timed."""
+        start = time.perf_counter()
+        self.backend.update_weights({k: v.detach().clone() for k, v in state.items()})
+        with self._lock:
+            self._stats["last_swap_s"] = time.perf_counter() - start
+
+    def _reset_to_source(self, why: str) -> None:
+        """The model, a new optimizer and (when it runs other weights) the backend back to the source."""
+        self.model.load_state_dict(self._source_state)
+        self.optimizer = self._new_optimizer()
+        if self._good_state is not self._source_state:
+            self._push(self._source_state)
+            self._good_state = self._source_state
+            self._save_checkpoint()  # the saved adapted weights are the source ones again
+        with self._lock:
+            self._stats["resets"] += 1
+            self._stats["on_source"] = True
+            self._stats["last_error"] = f"reset to the source model: {why}"
+        self.log.warning(f"adaptation: reset to the source model ({why})")
 
     def _save_checkpoint(self) -> None:
         directory = self.params.get("adaptation.checkpoint_dir", "")

@@ -1,5 +1,5 @@
 """Online adaptation: steps on a small buffer, weight swaps into a real ONNX Runtime backend, rollback
-on an implausible update, and a submit that never blocks."""
+on an implausible update, reset to the source model on a slow drift, and a submit that never blocks."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_steps_and_swap_change_backend_outputs(model_files, tmp_path):
     assert not adapter.step()  # buffer used up
     assert adapter.state()["steps"] == 3 and np.isfinite(adapter.state()["last_loss"])
     # loose guards here: this test is about the swap itself
-    adapter._acceptable = lambda candidate, good: (bool(candidate["finite"]), "ok")
+    adapter._acceptable = lambda candidate, good, *_: (bool(candidate["finite"]), "ok")
     assert adapter.consider_swap(force=True)
     after = probe(backend)
     assert adapter.state()["swaps"] == 1
@@ -94,10 +94,60 @@ def test_implausible_update_is_rolled_back(model_files):
         last.bias.add_(torch.randn_like(last.bias) * 5.0)
     adapter._steps_since_swap = 1
     assert not adapter.consider_swap(force=True)
-    assert adapter.state()["rollbacks"] == 1 and adapter.state()["swaps"] == 0
+    state = adapter.state()
+    assert (state["rollbacks"], state["resets"], state["swaps"]) == (1, 0, 0) and state["on_source"]
     assert np.array_equal(probe(backend), before)  # the backend never saw the bad weights
     for k, v in adapter.model.state_dict().items():
         assert torch.equal(v, good[k])
+
+
+def drift(adapter: OnlineAdapter, steps: int, size: float = 0.005) -> list[bool]:
+    """Move the vote head's bias a little further along one direction before each guarded swap: every
+    step is small next to the last one, the sum is not."""
+    direction = torch.randn(adapter.model.vote_head[-1].bias.shape, generator=torch.Generator().manual_seed(3))
+    swapped = []
+    for _ in range(steps):
+        with torch.no_grad():
+            adapter.model.vote_head[-1].bias.add_(direction * size)
+        adapter._steps_since_swap = 1
+        swapped.append(adapter.consider_swap(force=True))
+    return swapped
+
+
+def test_slow_drift_is_caught_against_the_source_and_reset(model_files):
+    pt, onnx = model_files
+    rng = np.random.default_rng(1)
+    pairs = [person_pair(rng) for _ in range(20)]
+    # guards against the last good weights only (the source check switched off): every step passes
+    blind = OnlineAdapter(pt, OnnxRuntimeBackend(onnx, max_batch=4),
+                          params(**{"adaptation.source_tolerance": 10.0}), start=False)
+    for item in pairs:
+        blind.submit(*item)
+    assert all(drift(blind, 8))
+    state = blind.state()
+    assert state["swaps"] == 8 and state["rollbacks"] == state["resets"] == 0
+    assert state["signal"] > 1.05 * state["source_signal"]  # yet it drifted more than 5 % above the source
+    # the shipped guard sees it: a reset to the source, in the model, the optimizer and the backend
+    backend = OnnxRuntimeBackend(onnx, max_batch=4)
+    source_outputs = probe(backend)
+    adapter = OnlineAdapter(pt, backend, params(), start=False)
+    for item in pairs:
+        adapter.submit(*item)
+    swapped = drift(adapter, 8)
+    state = adapter.state()
+    assert swapped[0] and not all(swapped)
+    assert state["resets"] >= 1 and state["rollbacks"] == 0 and "reset to the source" in state["last_error"]
+    first_reset = swapped.index(False)
+    assert all(swapped[:first_reset]) and first_reset >= 2  # some small steps were accepted first
+    # right after a reset the backend runs the source weights again
+    adapter2 = OnlineAdapter(pt, backend, params(), start=False)
+    for item in pairs:
+        adapter2.submit(*item)
+    swapped = drift(adapter2, first_reset + 1)
+    assert not swapped[-1] and adapter2.state()["on_source"]
+    assert np.allclose(probe(backend), source_outputs, atol=1e-5)
+    for key, value in adapter2.model.state_dict().items():
+        assert torch.equal(value, adapter2._source_state[key])
 
 
 def test_submit_never_blocks_and_drops_oldest(model_files):

@@ -116,6 +116,9 @@ def test_stage2_on_two_processes_over_a_manifest(bags: list[Path], tmp_path: Pat
     assert f"all 2 processes: {pairs} pairs from {len(tracks)} tracks" in done.stdout
     assert done.stdout.count("before: ") == 1  # rank 0 alone logs
     assert load_payload(out / "last.pt")["step"] == 2 and (out / "best.pt").is_file()
+    assert done.stdout.count("# Stage II output: ") == 1  # every rank scores, rank 0 alone writes the choice
+    selected = json.loads((out / "selection.json").read_text())["selected"]
+    assert load_payload(out / "selected.pt")["meta"]["selected"] == selected
     done = run(kp3d(*args, "--epochs", "2", "--resume", processes=2))
     assert done.stdout.count(f"resumed from {out / 'last.pt'}: epoch 1, step 2") == 1
     assert load_payload(out / "last.pt")["step"] == 4

@@ -132,6 +132,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       read_only=True),
     P("adaptation.batch_size", 8, "Samples per adaptation step.", 1, 256),
     P("adaptation.min_interval_s", 5.0, "Shortest time (s) between two weight swaps.", 0.0, 3600.0),
+    P("adaptation.source_tolerance", 0.05,
+      "Largest relative rise of the held-back loss above the frozen source model's before the adapter "
+      "refuses a candidate and resets to the source weights.", 0.0, 10.0),
     P("adaptation.checkpoint_dir", "", "Where adapted weights are saved; empty: no checkpoints.",
       read_only=True),
     # Diagnostics

@@ -71,14 +71,20 @@ class BoneCalibration(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+class ImplausibleCalibrationError(ValueError):
+    """Factors outside the allowed range: the target's people, or the predictions, do not fit the
+    calibration's assumption (the source population's body proportions)."""
+
+
 def matched_scale(current: torch.Tensor, predicted_lengths: torch.Tensor, population_lengths: torch.Tensor,
                   max_factor: float = 1.0, bounds: tuple[float, float] = (0.7, 1.3)) -> torch.Tensor:
     """Factors that bring the mean predicted bone lengths (E,), measured with the `current` factors, to the
     population's (E,), at most `max_factor` (1: a bone never gets longer than the network predicts it; the
     network shortens the bones it is unsure of, which is what lowers its error, so lengthening them to the
-    population's mean would not help). A factor outside `bounds` means something else is wrong: ValueError."""
+    population's mean would not help). A factor outside `bounds` means something else is wrong:
+    ImplausibleCalibrationError."""
     factors = current * population_lengths / predicted_lengths
     if not torch.isfinite(factors).all() or factors.min() < bounds[0] or factors.max() > bounds[1]:
-        raise ValueError(f"bone calibration factors {factors.tolist()} outside {bounds}: the predictions "
-                         f"or the population lengths are not plausible")
+        raise ImplausibleCalibrationError(f"bone calibration factors {factors.tolist()} outside {bounds}: the "
+                                          f"predictions or the population lengths are not plausible")
     return factors.clamp(max=max_factor)

@@ -9,12 +9,16 @@ from core.flow (real-time estimator), flow_offline (NSFP-style optimisation, cac
 data only, the true flow ("truth": an oracle ablation). Loss: losses.stage2_loss with the config's
 weights; segmentation pseudo-labels from the frozen initial model ("confident") or the nearest predicted
 limb ("nearest_limb"). Validation: the unsupervised loss on held-out pairs (monitored) and, where
-labels exist, MPJPE (reported only, never used for selection).
+labels exist, MPJPE (reported only, never used for selection). At the end the run writes OUT/selected.pt:
+the source model or one of the rounds' models, whichever scores best on the held-out pairs
+(train.selection), bone-calibrated when calibrate_bones asks and the factors are plausible (otherwise
+skipped with a warning), and says why in OUT/selection.json and OUT/selection.md.
 
 Under torchrun each rank extracts the pairs of its share of the sequences or bags (kp3d_ros.sharding),
 holds out its own validation tracks, draws its train.batch_size / world_size pairs per step from its own
 tracks and its own labelled source batches, and DistributedDataParallel averages the gradients; the
-validation losses are averaged over the ranks. Rank 0 alone calibrates, evaluates and writes.
+validation losses and the selection signal are averaged over the ranks. Every rank makes the same choice;
+rank 0 alone calibrates, evaluates and writes.
 """
 
 from __future__ import annotations
@@ -33,12 +37,12 @@ import yaml
 
 from kp3d_ros import losses
 from kp3d_ros.core.flow import FlowEstimator
-from kp3d_ros.model.calibration import matched_scale
+from kp3d_ros.model.calibration import ImplausibleCalibrationError, matched_scale
 from kp3d_ros.model.checkpoint import load_model, load_payload, save_checkpoint, write_payload
 from kp3d_ros.model.preprocess import SCALE, prepare_batch, restore_keypoints
 from kp3d_ros.sharding import read_manifest, share, share_by_size, size_on_disk
 from kp3d_ros.skeleton import BONE_NAMES
-from kp3d_ros.train import stage1
+from kp3d_ros.train import selection, stage1
 from kp3d_ros.train.config import load_config as load_yaml_config
 from kp3d_ros.train.config import merge
 from kp3d_ros.train.distributed import SINGLE, Ranks, process_group, training_device
@@ -465,6 +469,7 @@ def run(cfg: dict, resume: bool = False, log=print, ranks: Ranks = SINGLE) -> di
     ranks.per_rank(int(cfg["train"]["batch_size"]), "train.batch_size")  # say so before extracting pairs
     model, meta = load_model(cfg["init"])
     cfg.setdefault("num_points", int(meta["num_points"]))
+    init_factors = model.calibration.scale.clone()  # written back when the source wins and nothing calibrates
     if not torch.all(model.calibration.scale == 1):
         # Training sees the network's own skeleton (the labelled source batches must not be rescaled to the
         # target's factors); calibrate_bones measures the factors again after the last round.
@@ -499,6 +504,7 @@ def run(cfg: dict, resume: bool = False, log=print, ranks: Ranks = SINGLE) -> di
     if resume and ranks.is_main:
         _uncalibrate_for_resume(Path(cfg["out"]), log)
     ranks.barrier()
+    candidates = {"source": copy.deepcopy(model.state_dict())}
     for k in range(1, rounds + 1):
         # Each round starts from the previous one's model, which also gives the pseudo-labels.
         out = Path(cfg["out"]) if k == rounds else Path(cfg["out"]) / f"round{k}"
@@ -506,24 +512,52 @@ def run(cfg: dict, resume: bool = False, log=print, ranks: Ranks = SINGLE) -> di
             log(f"{datetime.now():%H:%M:%S} round {k} of {rounds} -> {out}")
         report["result"] = _train_round(model, cfg, train_tracks, val_prepared, source_loss, out,
                                         run_meta | {"round": k}, resume, log, ranks, net)
-    if not ranks.is_main:  # rank 0 calibrates and evaluates (on its own share of the crops)
+        candidates[f"round{k}"] = copy.deepcopy(model.state_dict())
+    signals = {name: _signal_of(model, state, candidates["source"], cfg, val_prepared, ranks)
+               for name, state in candidates.items()}  # every rank scores its held-back share
+    chosen, why = selection.choose(signals)
+    model.load_state_dict(candidates[chosen])
+    if not ranks.is_main:  # rank 0 calibrates, writes and evaluates (on its own share of the crops)
         return report
+    out = Path(cfg["out"])
+    origin = {"source": Path(cfg["init"]), f"round{rounds}": out / "last.pt"}.get(chosen, out / chosen / "last.pt")
+    report["selection"] = {"selected": chosen, "written": str(out / "selected.pt"), "weights_of": str(origin),
+                           "why": why, "signal": selection.SIGNAL, "signals": signals}
+    report["bone_calibration"] = None
     if cfg["calibrate_bones"]:
-        out = Path(cfg["out"])
-        if report["result"].steps_done == 0:  # calibration only (train.epochs 0)
-            save_checkpoint(out / "last.pt", model, run_meta)
-        save_checkpoint(out / "uncalibrated.pt", model, run_meta)
+        save_checkpoint(out / "uncalibrated.pt", model, run_meta | {"selected": chosen})
         crops = [pair.src for pairs in train_tracks for pair in pairs]
-        report["bone_calibration"] = calibrate_bones(model, cfg, crops, log)
-        _set_checkpoint_factors(out / "last.pt", model.calibration.scale, report["bone_calibration"])
+        try:
+            report["bone_calibration"] = calibrate_bones(model, cfg, crops, log)
+            report["selection"]["calibration"] = f"factors {report['bone_calibration']}"
+        except ImplausibleCalibrationError as exc:
+            model.calibration.scale.fill_(1.0)
+            report["selection"]["calibration"] = f"skipped, the uncalibrated model is written ({exc})"
+            log(f"warning: bone calibration skipped, the uncalibrated model is kept: {exc}")
+    factors = report["bone_calibration"]
+    if not cfg["calibrate_bones"] and chosen == "source":
+        model.calibration.scale.copy_(init_factors)  # the source model as it came, factors included
+        factors = meta.get("bone_calibration")
+    written_meta = {k: v for k, v in run_meta.items() if k != "bone_calibration"}
+    save_checkpoint(out / "selected.pt", model, written_meta | {"selected": chosen, "selection_why": why}
+                    | ({"bone_calibration": factors} if factors else {}))
+    log(selection.write_report(out, report["selection"]).rstrip())
     if cfg["eval"]["data"]:
-        names = ("init", "uncalibrated", "last") if cfg["calibrate_bones"] else ("init", "last")
+        names = ("init", "last", "uncalibrated", "selected") if cfg["calibrate_bones"] else ("init", "last", "selected")
         for name in names:
-            path = cfg["init"] if name == "init" else Path(cfg["out"]) / f"{name}.pt"
+            path = cfg["init"] if name == "init" else out / f"{name}.pt"
+            if not Path(path).is_file():  # last.pt: no training steps (train.epochs 0)
+                continue
             report[name] = evaluate_sequences(path, cfg["eval"]["data"], int(cfg["eval"]["max_sequences"]),
                                               keep_ground=bool(cfg["keep_ground"]))
             log(f"target test, {name}: {report[name]}")
     return report
+
+
+def _signal_of(model: torch.nn.Module, state: dict, source_state: dict, cfg: dict, val_prepared: list,
+               ranks: Ranks) -> float | None:
+    model.load_state_dict(state)
+    return selection.held_back_signal(model, source_state, cfg, val_prepared, ranks)
 
 
 def _train_round(model: torch.nn.Module, cfg: dict, train_tracks: list, val_prepared: list,

@@ -1,0 +1,92 @@
+"""Stage II keeps what is better and never ends a finished training with an error: small real runs over
+synthetic sequences, where the output is chosen among the source model and the rounds by the held-back
+Stage II loss, and an implausible bone calibration is skipped with a warning."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from kp3d_ros import losses
+from kp3d_ros.model.checkpoint import load_model, load_payload, save_checkpoint
+from kp3d_ros.skeleton import BONE_NAMES
+from kp3d_ros.synth.person import DomainConfig
+from kp3d_ros.synth.sequence import write_sequences
+from kp3d_ros.train import selection, stage2
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "kp3d_stage1.pt"
+
+
+@pytest.fixture(scope="module")
+def sequences(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sequences")
+    return write_sequences(root, 6, 3, seed=12, config=DomainConfig(distance_range=(4.0, 10.0)), progress=False)
+
+
+def small_config(sequences: Path, out: Path, **train) -> dict:
+    cfg = stage2.load_config(None)
+    cfg |= {"init": str(MODEL), "data": str(sequences), "out": str(out), "val_sequences": 2}
+    cfg["train"] |= {"epochs": 1, "steps_per_epoch": 2, "batch_size": 4, "max_minutes": 0, "warmup_steps": 0}
+    cfg["train"] |= train
+    return cfg
+
+
+def weights_equal(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a if k != "calibration.scale")
+
+
+def test_every_round_made_worse_writes_the_source_model(sequences: Path, tmp_path: Path):
+    model, meta = load_model(MODEL)  # a calibrated source: written back with its factors
+    model.calibration.scale.fill_(0.9)
+    init = tmp_path / "calibrated.pt"
+    save_checkpoint(init, model, dict(meta) | {"bone_calibration": [0.9] * len(BONE_NAMES)})
+    cfg = small_config(sequences, tmp_path / "run", lr=1.0, grad_clip=0.0)  # a learning rate that wrecks it
+    cfg |= {"rounds": 2, "init": str(init)}
+    lines: list[str] = []
+    report = stage2.run(cfg, log=lines.append)
+    chosen = report["selection"]
+    assert chosen["selected"] == "source" and chosen["weights_of"] == str(init)
+    signals = chosen["signals"]
+    assert set(signals) == {"source", "round1", "round2"}
+    assert all(signals[r] > signals["source"] for r in ("round1", "round2"))
+    written = load_payload(tmp_path / "run" / "selected.pt")
+    assert written["meta"]["selected"] == "source" and written["meta"]["bone_calibration"] == [0.9] * len(BONE_NAMES)
+    assert torch.allclose(written["state_dict"]["calibration.scale"], torch.tensor(0.9))
+    assert weights_equal(written["state_dict"], load_payload(MODEL)["state_dict"])
+    assert not weights_equal(load_payload(tmp_path / "run" / "last.pt")["state_dict"], written["state_dict"])
+    on_disk = json.loads((tmp_path / "run" / "selection.json").read_text())
+    assert on_disk["selected"] == "source" and on_disk["signals"] == pytest.approx(signals)
+    markdown = (tmp_path / "run" / "selection.md").read_text()
+    assert "source (written)" in markdown.replace("**", "") and "round2" in markdown
+    assert any("Stage II output" in x for x in lines)  # the report is printed too
+
+
+def test_the_source_signal_is_round_one_before_training(sequences: Path, tmp_path: Path):
+    cfg = small_config(sequences, tmp_path / "run", lr=1e-3)
+    lines: list[str] = []
+    report = stage2.run(cfg, log=lines.append)
+    before = next(x for x in lines if "before: " in x)
+    assert f"'val_loss': {report['selection']['signals']['source']}" in before
+    assert report["selection"]["selected"] in ("source", "round1")
+
+
+def test_implausible_calibration_is_skipped_with_a_warning(sequences: Path, tmp_path: Path):
+    population = [round(0.5 * v, 4) for v in losses.REFERENCE_BONE_LENGTHS.tolist()]  # factors about 0.5
+    cfg = small_config(sequences, tmp_path / "run") | {"calibrate_bones": True}
+    cfg["loss"] |= {"bone_prior_lengths": population}
+    lines: list[str] = []
+    report = stage2.run(cfg, log=lines.append)  # finishes: no exception
+    assert report["bone_calibration"] is None
+    assert any(x.startswith("warning: bone calibration skipped") and "outside (0.7, 1.3)" in x for x in lines)
+    written = load_payload(tmp_path / "run" / "selected.pt")
+    assert torch.all(written["state_dict"]["calibration.scale"] == 1) and "bone_calibration" not in written["meta"]
+    assert "skipped" in json.loads((tmp_path / "run" / "selection.json").read_text())["calibration"]
+    assert (tmp_path / "run" / "uncalibrated.pt").is_file()
+
+
+def test_choose_prefers_the_source_on_ties_and_the_last_round_without_a_signal():
+    assert selection.choose({"source": 1.0, "round1": 1.0, "round2": 2.0})[0] == "source"
+    assert selection.choose({"source": 1.0, "round1": 0.5, "round2": float("nan")})[0] == "round1"
+    name, why = selection.choose({"source": None, "round1": None})
+    assert name == "round1" and "no held-back pairs" in why
