@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import logging
 import os
 import threading
@@ -75,6 +76,7 @@ class OnlineAdapter:
         self.optimizer = self._new_optimizer()
         self._source_state = copy.deepcopy(self.model.state_dict())  # frozen: the reference of every guard
         self._good_state = self._source_state
+        self._source_sha = hashlib.sha256(Path(checkpoint_path).read_bytes()).hexdigest()
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._buffer: deque = deque(maxlen=int(params["adaptation.buffer_size"]))
@@ -84,10 +86,11 @@ class OnlineAdapter:
         self._submitted = 0
         self._stats = {"steps": 0, "swaps": 0, "rollbacks": 0, "resets": 0, "dropped": 0, "rejected": 0,
                        "errors": 0, "last_loss": float("nan"), "last_swap_s": 0.0, "last_error": "",
-                       "signal": float("nan"), "source_signal": float("nan"), "on_source": True}
+                       "signal": float("nan"), "source_signal": float("nan"), "on_source": True, "resumed": False}
         self._last_swap = time.monotonic()
         self._steps_since_swap = 0
         self._thread: threading.Thread | None = None
+        self._resume_saved()
         if start:
             self._thread = threading.Thread(target=self._run, name="kp3d-adaptation", daemon=True)
             self._thread.start()
@@ -300,12 +303,42 @@ class OnlineAdapter:
             self._stats["last_error"] = f"reset to the source model: {why}"
         self.log.warning(f"adaptation: reset to the source model ({why})")
 
-    def _save_checkpoint(self) -> None:
+    def _saved_path(self) -> Path | None:
         directory = self.params.get("adaptation.checkpoint_dir", "")
-        if not directory:
+        return Path(directory) / "adapted_last.pt" if directory else None
+
+    def _save_checkpoint(self) -> None:
+        path = self._saved_path()
+        if path is None:
             return
-        path = Path(directory) / "adapted_last.pt"
-        save_checkpoint(path, self.model, dict(self.meta) | {"stage": "online", "swaps": self._stats["swaps"]})
+        save_checkpoint(path, self.model, dict(self.meta) | {"stage": "online", "swaps": self._stats["swaps"],
+                                                             "source_sha256": self._source_sha})
+
+    def _resume_saved(self) -> None:
+        """Continue from the weights a previous run saved (adaptation.resume), if they were adapted from this same
+        model; they become the accepted weights and go into the backend. The guards still compare with the source."""
+        path = self._saved_path()
+        if path is None or not path.is_file():
+            return
+        if not self.params.get("adaptation.resume", True):
+            self.log.info(f"adaptation: not resuming {path} (adaptation.resume is false); it will be overwritten")
+            return
+        try:
+            saved, meta = load_model(path)
+        except Exception as error:  # a broken file must not stop the node: start from the source
+            self.log.warning(f"adaptation: cannot read {path} ({type(error).__name__}: {error}); "
+                             "starting from the model")
+            return
+        if meta.get("source_sha256") != self._source_sha:
+            self.log.warning(f"adaptation: {path} was adapted from another model; starting from this one")
+            return
+        self.model.load_state_dict(saved.state_dict())
+        self._good_state = copy.deepcopy(self.model.state_dict())
+        self._push(self._good_state)
+        with self._lock:
+            self._stats["on_source"] = False
+            self._stats["resumed"] = True
+        self.log.info(f"adaptation: resumed the adapted weights of {path} ({meta.get('swaps', '?')} swaps)")
 
     def _run(self) -> None:
         torch.set_num_threads(1)

@@ -177,3 +177,40 @@ def test_submit_never_blocks_and_drops_oldest(model_files):
     finally:
         adapter.close()
     assert not adapter.state()["running"]
+
+
+def test_adapted_weights_survive_a_restart_of_the_same_model_only(model_files, tmp_path):
+    """A new adapter (a node restart) continues from the saved adapted weights of the same model; with
+    adaptation.resume false, or saved from another model, it starts from the model."""
+    pt, onnx = model_files
+    saved = {"adaptation.checkpoint_dir": str(tmp_path)}
+    first = OnlineAdapter(pt, OnnxRuntimeBackend(onnx, max_batch=4), params(**saved), start=False)
+    source_out = probe(OnnxRuntimeBackend(onnx, max_batch=4))
+    rng = np.random.default_rng(0)
+    for _ in range(15):
+        first.submit(*person_pair(rng))
+    assert first.step()
+    first._acceptable = lambda candidate, good, *_: (bool(candidate["finite"]), "ok")
+    assert first.consider_swap(force=True) and (tmp_path / "adapted_last.pt").is_file()
+    adapted_out = probe(first.backend)
+    assert np.abs(adapted_out - source_out).max() > 1e-5
+
+    backend = OnnxRuntimeBackend(onnx, max_batch=4)
+    again = OnlineAdapter(pt, backend, params(**saved), start=False)
+    assert again.state()["resumed"] and not again.state()["on_source"]
+    np.testing.assert_allclose(probe(backend), adapted_out, atol=1e-5)
+
+    fresh = OnnxRuntimeBackend(onnx, max_batch=4)
+    refused = OnlineAdapter(pt, fresh, params(**saved, **{"adaptation.resume": False}), start=False)
+    assert not refused.state()["resumed"]
+    np.testing.assert_allclose(probe(fresh), source_out, atol=1e-6)
+
+    torch.manual_seed(1)  # another model: its saved weights do not apply
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, build_model({"dim": 16, "depth": 1, "heads": 2, "mlp_ratio": 2}), {"num_points": NUM_POINTS})
+    export_checkpoint(other, tmp_path / "other.onnx")
+    other_backend = OnnxRuntimeBackend(tmp_path / "other.onnx", max_batch=4)
+    before = probe(other_backend)
+    stranger = OnlineAdapter(other, other_backend, params(**saved), start=False)
+    assert not stranger.state()["resumed"]
+    np.testing.assert_allclose(probe(other_backend), before, atol=1e-6)

@@ -137,6 +137,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       "refuses a candidate and resets to the source weights.", 0.0, 10.0),
     P("adaptation.checkpoint_dir", "", "Where adapted weights are saved; empty: no checkpoints.",
       read_only=True),
+    P("adaptation.resume", True,
+      "At start, continue from the adapted weights saved in adaptation.checkpoint_dir when they were adapted from "
+      "this same model (checked by its file's SHA-256); false starts from the model and discards them.",
+      read_only=True),
     # Diagnostics
     P("diagnostics.period_s", 1.0, "Period (s) of /diagnostics messages.", 0.1, 60.0),
     P("diagnostics.frame_budget_ms", 100.0,
