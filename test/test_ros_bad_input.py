@@ -7,7 +7,6 @@ node's stamp history to start with its own stream.
 from __future__ import annotations
 
 import math
-import threading
 import time
 
 import numpy as np
@@ -23,7 +22,7 @@ from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rclpy.serialization import serialize_message  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
-from waiting import wait_until  # noqa: E402
+from waiting import Spinner, person_box_points, wait_until  # noqa: E402
 
 from kp3d_ros import layouts  # noqa: E402
 from kp3d_ros.core.params import load_params  # noqa: E402
@@ -48,14 +47,11 @@ def ros():
         executor = MultiThreadedExecutor(num_threads=3)
         for n in (node, probe):
             executor.add_node(n)
-        stop = threading.Event()
-        spinner = threading.Thread(target=lambda: [executor.spin_once(0.05) for _ in iter(stop.is_set, True)],
-                                   daemon=True)
+        spinner = Spinner(executor)
         spinner.start()
         assert wait_until(lambda: points.get_subscription_count() > 0)
         yield node, probe, points, diagnostics
-        stop.set()
-        spinner.join(5)
+        spinner.stop()
         executor.shutdown()
         for n in (node, probe):
             n.destroy_node()
@@ -65,22 +61,10 @@ def ros():
 
 
 
-def _scan(stamp_ns: int, count: int = 2000, seed: int = 0) -> np.ndarray:
-    """A ground plane and a person-sized box at 6 m, as XYZ points."""
-    rng = np.random.default_rng(seed)
-    xyz = np.empty((count, 3), np.float32)
-    xyz[:, :2] = rng.uniform(-15, 15, size=(count, 2))
-    xyz[:, 2] = -1.9
-    xyz[: count // 4] = rng.uniform([6.0, -0.25, -1.9], [6.4, 0.25, -0.15], size=(count // 4, 3))
-    points = np.zeros(count, dtype=layouts.XYZ)
-    points["x"], points["y"], points["z"] = xyz.T
-    return points
-
-
 def _cloud(stamp_ns: int, points: np.ndarray | None = None) -> PointCloud2:
     header = Header(frame_id="lidar")
     header.stamp.sec, header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-    return array_to_cloud(_scan(stamp_ns) if points is None else points, header)
+    return array_to_cloud(person_box_points(2000, seed=0) if points is None else points, header)
 
 
 def _diagnostics(node, diagnostics: list) -> tuple[DiagnosticStatus, dict[str, str]]:
@@ -139,7 +123,7 @@ def test_each_malformed_kind_is_counted_under_its_reason(ros):
         assert wait_until(lambda r=reason, b=before: node.stats.malformed[r] == b + 1), reason
         assert node.stats.processed == processed, reason
     # the same scan sent correctly as big-endian data is processed
-    big = _scan(0)
+    big = person_box_points(2000, seed=0)
     big = big.astype(big.dtype.newbyteorder(">"))
     header = Header(frame_id="lidar")
     header.stamp.sec = 8_001

@@ -11,11 +11,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
@@ -31,9 +29,8 @@ from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
-from waiting import wait_until  # noqa: E402
+from waiting import Spinner, person_box_points, wait_until  # noqa: E402
 
-from kp3d_ros import layouts  # noqa: E402
 from kp3d_ros.core.params import load_params  # noqa: E402
 from kp3d_ros.ros.node import create_node  # noqa: E402
 from kp3d_ros.ros.pointcloud2 import array_to_cloud  # noqa: E402
@@ -47,13 +44,7 @@ SETTLE_S = 1.0  # how long "nothing arrives" is watched
 
 def _cloud(stamp_sec: int, count: int = 3000) -> PointCloud2:
     """A ground plane with one person-sized box of points at 6 m."""
-    rng = np.random.default_rng(stamp_sec)
-    xyz = np.empty((count, 3), np.float32)
-    xyz[:, :2] = rng.uniform(-15, 15, size=(count, 2))
-    xyz[:, 2] = -1.9
-    xyz[: count // 4] = rng.uniform([6.0, -0.25, -1.9], [6.4, 0.25, -0.15], size=(count // 4, 3))
-    points = np.zeros(count, dtype=layouts.XYZ)
-    points["x"], points["y"], points["z"] = xyz.T
+    points = person_box_points(count, seed=stamp_sec)
     header = Header(frame_id="lidar")
     header.stamp.sec = stamp_sec
     return array_to_cloud(points, header)
@@ -111,9 +102,7 @@ def values_of(status: DiagnosticStatus) -> dict[str, str]:
 def ros():
     rclpy.init()
     executor = MultiThreadedExecutor(num_threads=3)
-    stop = threading.Event()
-    spinner = threading.Thread(target=lambda: [executor.spin_once(0.05) for _ in iter(stop.is_set, True)],
-                               daemon=True)
+    spinner = Spinner(executor)
     nodes: list[Node] = []
 
     def add(node: Node) -> Node:
@@ -127,8 +116,7 @@ def ros():
         spinner.start()
         yield add, client, points
     finally:
-        stop.set()
-        spinner.join(5)
+        spinner.stop()
         executor.shutdown()
         for node in nodes:
             node.destroy_node()

@@ -23,7 +23,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
-from waiting import wait_until  # noqa: E402
+from waiting import Spinner, wait_until  # noqa: E402
 
 from kp3d_ros import cli, layouts, skeleton  # noqa: E402
 from kp3d_ros.core.params import load_params  # noqa: E402
@@ -104,13 +104,10 @@ def ros():
         executor = MultiThreadedExecutor(num_threads=3)
         for n in (node, probe.node, player_node):
             executor.add_node(n)
-        stop = threading.Event()
-        spinner = threading.Thread(target=lambda: [executor.spin_once(0.05) for _ in iter(stop.is_set, True)],
-                                   daemon=True)
+        spinner = Spinner(executor)
         spinner.start()
         yield node, probe, player_node
-        stop.set()
-        spinner.join(5)
+        spinner.stop()
         executor.shutdown()
         for n in (node, probe.node, player_node):
             n.destroy_node()

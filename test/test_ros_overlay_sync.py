@@ -7,7 +7,6 @@ cloud, in order; the clouds without such an image must be counted instead.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ rclpy = pytest.importorskip("rclpy")
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
-from waiting import wait_until  # noqa: E402
+from waiting import Spinner, wait_until  # noqa: E402
 
 from kp3d_ros.core import bagio  # noqa: E402
 from kp3d_ros.core.params import load_params  # noqa: E402
@@ -86,9 +85,7 @@ def test_every_overlay_is_within_the_offset_of_its_cloud(bag):
     rclpy.init()
     nodes: list[Node] = []
     executor = MultiThreadedExecutor(num_threads=3)
-    stop = threading.Event()
-    spinner = threading.Thread(target=lambda: [executor.spin_once(0.05) for _ in iter(stop.is_set, True)],
-                               daemon=True)
+    spinner = Spinner(executor)
     try:
         node = make_node(load_params(overrides={"camera.enabled": True, "camera.max_offset_s": MAX_OFFSET_S}),
                          use_sim_time=True)
@@ -117,8 +114,7 @@ def test_every_overlay_is_within_the_offset_of_its_cloud(bag):
         processed = [stamp for stamp, _, _ in node.stats.recent_frames()]  # the clouds processed, in order
         malformed = dict(node.stats.malformed)
     finally:
-        stop.set()
-        spinner.join(5)
+        spinner.stop()
         executor.shutdown()
         for n in nodes:
             n.destroy_node()

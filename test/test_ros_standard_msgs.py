@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import threading
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
-from waiting import wait_until  # noqa: E402
+from waiting import Spinner, person_box_points, wait_until  # noqa: E402
 
 from kp3d_ros import layouts, skeleton  # noqa: E402
 from kp3d_ros.core.params import load_params  # noqa: E402
@@ -71,13 +70,7 @@ def test_body_frames_sit_at_the_pelvis_and_face_forward():
 
 
 def _cloud(stamp_sec: int, count: int = 3000) -> PointCloud2:
-    rng = np.random.default_rng(stamp_sec)
-    xyz = np.empty((count, 3), np.float32)
-    xyz[:, :2] = rng.uniform(-15, 15, size=(count, 2))
-    xyz[:, 2] = -1.9
-    xyz[: count // 4] = rng.uniform([6.0, -0.25, -1.9], [6.4, 0.25, -0.15], size=(count // 4, 3))
-    points = np.zeros(count, dtype=layouts.XYZ)
-    points["x"], points["y"], points["z"] = xyz.T
+    points = person_box_points(count, seed=stamp_sec)
     header = Header(frame_id="lidar")
     header.stamp.sec = stamp_sec
     return array_to_cloud(points, header)
@@ -89,9 +82,7 @@ def ros():
     rclpy.init()
     nodes: list[Node] = []
     executor = MultiThreadedExecutor(num_threads=3)
-    stop = threading.Event()
-    spinner = threading.Thread(target=lambda: [executor.spin_once(0.05) for _ in iter(stop.is_set, True)],
-                               daemon=True)
+    spinner = Spinner(executor)
     try:
         node = make_node(load_params(overrides={"detection.min_body_share": 0.0, "output.body_frames": True}))
         assert node is not None
@@ -102,8 +93,7 @@ def ros():
         spinner.start()
         yield node, probe
     finally:
-        stop.set()
-        spinner.join(5)
+        spinner.stop()
         executor.shutdown()
         for n in nodes:
             n.destroy_node()
