@@ -75,6 +75,39 @@ def test_kabsch_recovers_rigid_motion():
     assert np.allclose(ts[1], 0.5, atol=1e-9)
 
 
+def test_kabsch_batched_returns_rotations_for_mirrored_data():
+    rng = np.random.default_rng(6)
+    src = rng.normal(size=(90, 3)) * [1.0, 0.5, 0.2]
+    group = np.repeat([0, 1, 2], 30)
+    dst = src * [-1.0, 1.0, 1.0]  # a reflection: the best proper rotation is not V U^T
+    dst[group == 1] = src[group == 1] @ _rot(np.array([0.0, 0.0, 1.0]), 0.5).T  # a plain rotation
+    Rs, ts = kabsch_batched(src, dst, group, np.ones(90), 3)
+    assert np.allclose(np.linalg.det(Rs), 1.0)
+    for g in range(3):
+        R, t = kabsch(src[group == g], dst[group == g])
+        assert np.allclose(Rs[g], R, atol=1e-9) and np.allclose(ts[g], t, atol=1e-9)
+
+
+def test_small_clouds_match_the_k_d_tree_path(monkeypatch):
+    """Clouds of up to flow.BRUTE_FORCE_POINTS (the node's) are matched by distance matrices, larger ones by
+    k-d trees: both give the same flow."""
+    import kp3d_ros.core.flow as flow_module
+
+    rng = np.random.default_rng(7)
+    pairs, truths = [], []
+    for _ in range(4):
+        src, dst, true, d = toy_pair(rng)
+        keep, keep_dst = rng.choice(len(src), 120, replace=False), rng.choice(len(dst), 100, replace=False)
+        pairs.append((src[keep], dst[keep_dst], d))
+        truths.append(true[keep])
+    matrix = FlowEstimator(seed=1).estimate_many(pairs)
+    monkeypatch.setattr(flow_module, "BRUTE_FORCE_POINTS", 0)
+    trees = FlowEstimator(seed=1).estimate_many(pairs)
+    for a, b, true in zip(matrix, trees, truths, strict=True):
+        assert np.abs(a - b).max() < 1e-4
+        assert flow_metrics(a, true)["epe3d"] < 0.06
+
+
 def test_realtime_flow_beats_nearest_neighbour_and_is_fast():
     rng = np.random.default_rng(0)
     pairs = [toy_pair(rng) for _ in range(6)]

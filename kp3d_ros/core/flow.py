@@ -37,37 +37,49 @@ def kabsch(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None) 
     return R, cd - R @ cs
 
 
+_OUTER_ROW, _OUTER_COL = np.repeat(np.arange(3), 3), np.tile(np.arange(3), 3)  # entries of a 3x3 outer product
+
+
 def kabsch_batched(src: np.ndarray, dst: np.ndarray, group: np.ndarray, weights: np.ndarray,
                    groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-group Kabsch: rotations (G, 3, 3) and translations (G, 3) for points labelled by group (M,)."""
-    wsum = np.bincount(group, weights, minlength=groups)
-    safe = np.maximum(wsum, 1e-12)[:, None]
-    cs = np.stack([np.bincount(group, weights * src[:, a], minlength=groups) for a in range(3)], 1) / safe
-    cd = np.stack([np.bincount(group, weights * dst[:, a], minlength=groups) for a in range(3)], 1) / safe
-    s0 = src - cs[group]
-    d0 = (dst - cd[group]) * weights[:, None]
-    outer = (s0[:, :, None] * d0[:, None, :]).reshape(len(src), 9)
-    H = np.stack([np.bincount(group, outer[:, c], minlength=groups) for c in range(9)], 1).reshape(groups, 3, 3)
+    """Per-group Kabsch: rotations (G, 3, 3) and translations (G, 3) for points labelled by group (M,).
+
+    All weighted sums come from one matrix product: a (G, M) matrix holding each point's weight in its
+    group's row times the moments [1, src, dst, src dst^T] of every point; the cross-covariance is then the
+    raw second moment minus the product of the means (float64 is ample for metre-scale coordinates)."""
+    count = len(src)
+    moments = np.empty((16, count))  # one row per moment: long contiguous rows keep the products cheap
+    moments[0] = 1.0
+    moments[1:4] = src.T
+    moments[4:7] = dst.T
+    np.multiply(moments[1:4][_OUTER_ROW], moments[4:7][_OUTER_COL], out=moments[7:])
+    membership = np.zeros((groups, count))
+    membership[group, np.arange(count)] = weights
+    sums = membership @ moments.T
+    wsum = np.maximum(sums[:, :1], 1e-12)
+    cs, cd = sums[:, 1:4] / wsum, sums[:, 4:7] / wsum
+    H = sums[:, 7:].reshape(groups, 3, 3) - (wsum * cs)[:, :, None] * cd[:, None, :]
     U, _, Vt = np.linalg.svd(H)
-    V = np.swapaxes(Vt, 1, 2)
-    det = np.sign(np.linalg.det(V @ np.swapaxes(U, 1, 2)))
-    det[det == 0] = 1.0
-    D = np.broadcast_to(np.eye(3), (groups, 3, 3)).copy()
-    D[:, 2, 2] = det
-    R = V @ D @ np.swapaxes(U, 1, 2)
-    t = cd - np.einsum("gij,gj->gi", R, cs)
-    return R, t
+    V, Ut = Vt.transpose(0, 2, 1), U.transpose(0, 2, 1)
+    R = V @ Ut
+    flip = np.linalg.det(R) < 0  # a reflection: V diag(1, 1, -1) U^T instead (the least significant axis turned)
+    R[flip] -= 2.0 * V[flip, :, 2, None] * Ut[flip, None, 2, :]
+    return R, cd - (R @ cs[:, :, None])[:, :, 0]
 
 
 def farthest_point_seeds(points: np.ndarray, count: int) -> np.ndarray:
-    """Indices of `count` well spread points (farthest point sampling from the point nearest the mean)."""
-    count = min(count, len(points))
-    chosen = np.empty(count, dtype=np.int64)
-    chosen[0] = int(np.argmin(((points - points.mean(0)) ** 2).sum(1)))
-    dist = ((points - points[chosen[0]]) ** 2).sum(1)
+    """Indices (G, count) of well spread points in each of G padded clouds (G, N, 3): farthest point sampling
+    from the point nearest the cloud's mean. Padding must repeat a real point (as _padded does); the first
+    k seeds of a run are the seeds of a run with count k."""
+    G, N, _ = points.shape
+    rows = np.arange(G)
+    count = min(count, N)
+    chosen = np.empty((G, count), dtype=np.int64)
+    chosen[:, 0] = ((points - points.mean(1, keepdims=True)) ** 2).sum(2).argmin(1)
+    dist = ((points - points[rows, chosen[:, 0]][:, None]) ** 2).sum(2)
     for i in range(1, count):
-        chosen[i] = int(np.argmax(dist))
-        dist = np.minimum(dist, ((points - points[chosen[i]]) ** 2).sum(1))
+        chosen[:, i] = dist.argmax(1)
+        dist = np.minimum(dist, ((points - points[rows, chosen[:, i]][:, None]) ** 2).sum(2))
     return chosen
 
 
@@ -84,14 +96,18 @@ def _checked_cloud(name: str, cloud: np.ndarray) -> np.ndarray:
 
 
 def group_median(values: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
-    """Median of `values` per group label (groups,); NaN for an empty group."""
-    order = np.lexsort((values, group))
+    """Median of `values` (finite or +inf) per group label (groups,); NaN for an empty group."""
     counts = np.bincount(group, minlength=groups)
+    finite = np.isfinite(values)
+    # one sort of (group, value) keys: values are mapped into [0, 1) and offset by their group
+    span = values[finite].max(initial=0.0) + 1.0
+    keys = group + np.where(finite, values / span, 1.0 - 1e-12)
+    sorted_values = np.sort(keys) - np.repeat(np.arange(groups), counts)
     starts = np.cumsum(counts) - counts
     low = np.minimum(starts + (counts - 1) // 2, len(values) - 1)
     high = np.minimum(starts + counts // 2, len(values) - 1)
-    sorted_values = values[order]
-    return np.where(counts > 0, 0.5 * (sorted_values[low] + sorted_values[high]), np.nan)
+    median = 0.5 * (sorted_values[low] + sorted_values[high]) * span
+    return np.where(counts > 0, median, np.nan)
 
 
 class _Packed:
@@ -107,6 +123,88 @@ class _Packed:
 
     def split(self, values: np.ndarray) -> list[np.ndarray]:
         return np.split(values, np.cumsum(self.sizes)[:-1])
+
+
+def _padded(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For clouds of these sizes packed one after another: (G, largest size) indices into the packed array
+    (the cloud's last point repeated where it is shorter) and the mask of the real entries."""
+    starts = np.cumsum(sizes) - sizes
+    column = np.arange(sizes.max())
+    valid = column[None] < sizes[:, None]
+    return np.minimum(starts[:, None] + column[None], starts[:, None] + sizes[:, None] - 1), valid
+
+
+BRUTE_FORCE_POINTS = 256  # clouds up to this size are matched by a distance matrix, larger ones by k-d trees
+
+
+class _Nearest:
+    """Nearest neighbours from query clouds (packed with sizes `query_sizes`) to the reference clouds `ref`
+    and back, cloud g only with cloud g. Small clouds (the node's <= flow.max_points) use batched float32
+    matrix products, centred per cloud: the nearest r of q minimises |r|^2 - 2 q.r = [q, 1] . [-2 r, |r|^2],
+    and back the same with the roles swapped. Larger clouds use a k-d tree over the far-apart shifted
+    clouds. Distances are recomputed exactly (float64) either way."""
+
+    FAR = 1.0e4  # padding rows sit this far away (m), so they are never anyone's nearest point
+
+    def __init__(self, query_sizes: np.ndarray, ref: _Packed) -> None:
+        self.ref = ref
+        self.q_shift = ref.shift[np.repeat(np.arange(len(query_sizes)), query_sizes)]
+        self.brute = max(query_sizes.max(), ref.sizes.max()) <= BRUTE_FORCE_POINTS
+        if self.brute:
+            self.q_index, self.q_valid = _padded(query_sizes)
+            self.r_index, self.r_valid = _padded(ref.sizes)
+            self.rows = np.arange(len(ref.sizes))[:, None]
+            self.centre = np.stack([c.mean(0) for c in ref.split(ref.points)])[:, None, :]
+            r = self._centred(ref.points, self.r_index, self.r_valid, self.FAR)
+            self.r_ones = _with_ones(r)
+            self.r_scores = np.ascontiguousarray(np.concatenate([-2.0 * r, (r * r).sum(-1, keepdims=True)], -1)
+                                                 .transpose(0, 2, 1)).astype(np.float32)
+        else:
+            self.tree = cKDTree(ref.points + ref.shift[ref.group])
+
+    def _centred(self, points: np.ndarray, index: np.ndarray, valid: np.ndarray, far: float) -> np.ndarray:
+        return np.where(valid[..., None], points[index] - self.centre, far)
+
+    def forward(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Distance and reference index of each query point's nearest reference point (same cloud)."""
+        if self.brute:
+            q = self._centred(query, self.q_index, self.q_valid, -self.FAR)
+            idx = self.r_index[self.rows, (_with_ones(q) @ self.r_scores).argmin(2)][self.q_valid]
+        else:
+            _, idx = self.tree.query(query + self.q_shift, k=1)
+        return np.linalg.norm(query - self.ref.points[idx], axis=1), idx
+
+    def both(self, query: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """forward(query), and for each reference point the distance and index of its nearest query point."""
+        forward = self.forward(query)
+        if self.brute:
+            q = self._centred(query, self.q_index, self.q_valid, -self.FAR)
+            q_scores = np.concatenate([-2.0 * q, (q * q).sum(-1, keepdims=True)], -1).transpose(0, 2, 1)
+            back = self.q_index[self.rows, (self.r_ones @ np.ascontiguousarray(q_scores, np.float32)).argmin(2)]
+            back = back[self.r_valid]
+        else:
+            _, back = cKDTree(query + self.q_shift).query(self.ref.points + self.ref.shift[self.ref.group], k=1)
+        return forward, (np.linalg.norm(self.ref.points - query[back], axis=1), back)
+
+
+def _neighbour_graph(clouds: _Packed, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's k nearest points of its own cloud, itself included: indices (M, k) into the packed points
+    and the mask of real ones (a cloud with fewer than k points has fewer neighbours). A k-d tree: for the
+    node's clouds it is as fast as a distance matrix."""
+    size = len(clouds.points)
+    shifted = clouds.points + clouds.shift[clouds.group]
+    bound = 0.25 * clouds.shift[1, 0] if len(clouds.sizes) > 1 else np.inf
+    _, graph = cKDTree(shifted).query(shifted, k=k, distance_upper_bound=bound)
+    graph = graph.reshape(size, -1)
+    found = graph < size
+    return np.where(found, graph, 0), found
+
+
+def _with_ones(points: np.ndarray) -> np.ndarray:
+    """(..., 3) float64 -> (..., 4) float32 with a last column of ones."""
+    out = np.ones((*points.shape[:-1], 4), np.float32)
+    out[..., :3] = points
+    return out
 
 
 class FlowEstimator:
@@ -147,7 +245,7 @@ class FlowEstimator:
         limit = np.minimum(self.max_distance, 3.0 * group_median(dist, person, people) + 1e-3)
         return (dist <= limit[person]).astype(np.float64)
 
-    def _rigid(self, src: _Packed, dst: _Packed, dst_tree: cKDTree, t0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _rigid(self, src: _Packed, dst: _Packed, t0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per person, rotation (G, 3, 3) and translation (G, 3) of src after trimmed ICP from translation t0."""
         G = len(src.sizes)
         R = np.repeat(np.eye(3)[None], G, axis=0)
@@ -157,9 +255,10 @@ class FlowEstimator:
                            else np.arange(size)) for start, size in zip(starts, src.sizes, strict=True)]
         sub_idx = np.concatenate(chosen)
         sub, group = src.points[sub_idx], src.group[sub_idx]
+        nearest = _Nearest(np.minimum(src.sizes, self.rigid_points), dst)
         for _ in range(self.rigid_iterations):
             moved = np.einsum("mij,mj->mi", R[group], sub) + t[group]
-            dist, idx = dst_tree.query(moved + src.shift[group], k=1)
+            dist, idx = nearest.forward(moved)
             w = self._trim_weights(dist, group, G)
             R_new, t_new = kabsch_batched(sub, dst.points[idx], group, w, G)
             ok = np.bincount(group, w, minlength=G) >= 3
@@ -172,46 +271,39 @@ class FlowEstimator:
     def _patches(self, src: _Packed) -> tuple[np.ndarray, np.ndarray]:
         """Patch label per src point (M,) and the person of each patch (P,): farthest-point seeds per
         person (at most `patches`, at least min_patch_points points per patch), points to the nearest seed."""
-        seeds, seed_person = [], []
-        for g, cloud in enumerate(src.split(src.points)):
-            count = max(1, min(self.patches, len(cloud) // max(self.min_patch_points, 1)))
-            seeds.append(cloud[farthest_point_seeds(cloud, count)] + src.shift[g])
-            seed_person.append(np.full(count, g))
-        _, label = cKDTree(np.concatenate(seeds)).query(src.points + src.shift[src.group], k=1)
-        return label, np.concatenate(seed_person)
+        index, valid = _padded(src.sizes)
+        padded = src.points[index]
+        counts = np.clip(src.sizes // max(self.min_patch_points, 1), 1, max(self.patches, 1))
+        seeds = padded[np.arange(len(counts))[:, None], farthest_point_seeds(padded, int(counts.max()))]
+        dist = ((padded[:, :, None, :] - seeds[:, None, :, :]) ** 2).sum(3)  # (G, N, seeds)
+        dist = np.where(np.arange(seeds.shape[1])[None, None, :] < counts[:, None, None], dist, np.inf)
+        first = np.cumsum(counts) - counts
+        label = (dist.argmin(2) + first[:, None])[valid]
+        return label, np.repeat(np.arange(len(counts)), counts)
 
-    def _patch_rigid(self, src: _Packed, R: np.ndarray, t: np.ndarray, dst: _Packed, dst_tree: cKDTree) -> np.ndarray:
+    def _patch_rigid(self, src: _Packed, R: np.ndarray, t: np.ndarray, dst: _Packed) -> np.ndarray:
         """Flow (M, 3) after per-patch ICP started from each person's transform, smoothed on src's k-NN graph."""
         G = len(src.sizes)
         label, patch_person = self._patches(src)
         P = len(patch_person)
         Rs, ts = R[patch_person].copy(), t[patch_person].copy()
-        src_shifted = src.points + src.shift[src.group]
-        dst_shifted = dst.points + dst.shift[dst.group]
+        nearest = _Nearest(src.sizes, dst)
         for _ in range(self.iterations):
             current = np.einsum("mij,mj->mi", Rs[label], src.points) + ts[label]
-            d_f, i_f = dst_tree.query(current + src.shift[src.group], k=1)
-            pairs_src, pairs_dst, pairs_label, dists = [src.points], [dst.points[i_f]], [label], [d_f]
             if self.backward:
-                d_b, i_b = cKDTree(current + src.shift[src.group]).query(dst_shifted, k=1)
-                pairs_src.append(src.points[i_b])
-                pairs_dst.append(dst.points)
-                pairs_label.append(label[i_b])
-                dists.append(d_b)
-            ps, pd = np.concatenate(pairs_src), np.concatenate(pairs_dst)
-            pl, dist = np.concatenate(pairs_label), np.concatenate(dists)
+                (d_f, i_f), (d_b, i_b) = nearest.both(current)
+                ps, pd = np.concatenate([src.points, src.points[i_b]]), np.concatenate([dst.points[i_f], dst.points])
+                pl, dist = np.concatenate([label, label[i_b]]), np.concatenate([d_f, d_b])
+            else:
+                (dist, i_f), ps, pl = nearest.forward(current), src.points, label
+                pd = dst.points[i_f]
             w = self._trim_weights(dist, patch_person[pl], G)
             R_new, t_new = kabsch_batched(ps, pd, pl, w, P)
             enough = np.bincount(pl, w, minlength=P) >= self.min_patch_points
             Rs[enough], ts[enough] = R_new[enough], t_new[enough]
         flow = np.einsum("mij,mj->mi", Rs[label], src.points) + ts[label] - src.points
         if self.smoothing_steps > 0:
-            # k nearest neighbours within the point's own person (missing ones, in small clouds, are skipped)
-            _, graph = cKDTree(src_shifted).query(src_shifted, k=self.neighbours + 1,
-                                                   distance_upper_bound=0.25 * src.shift[1, 0] if G > 1 else np.inf)
-            graph = graph.reshape(len(src_shifted), -1)
-            valid = graph < len(src_shifted)
-            graph = np.where(valid, graph, 0)
+            graph, valid = _neighbour_graph(src, self.neighbours + 1)
             count = valid.sum(1, keepdims=True)
             for _ in range(self.smoothing_steps):
                 flow = (flow[graph] * valid[..., None]).sum(1) / count
@@ -247,16 +339,15 @@ class FlowEstimator:
         extent = max(max(np.abs(c).max() for c in srcs), max(np.abs(c).max() for c in dsts))
         spacing = 4.0 * (extent + np.abs(t0).max() + self.max_distance) + 10.0
         src, dst = _Packed(srcs, spacing), _Packed(dsts, spacing)
-        dst_tree = cKDTree(dst.points + dst.shift[dst.group])
         G = len(pairs)
         if self.rigid_iterations:
-            R, t = self._rigid(src, dst, dst_tree, t0)
+            R, t = self._rigid(src, dst, t0)
         else:
             R, t = np.repeat(np.eye(3)[None], G, axis=0), t0
         if self.iterations == 0:
             flow = np.einsum("mij,mj->mi", R[src.group], src.points) + t[src.group] - src.points
         else:
-            flow = self._patch_rigid(src, R, t, dst, dst_tree)
+            flow = self._patch_rigid(src, R, t, dst)
         return [f.astype(np.float32) for f in src.split(flow)]
 
 
