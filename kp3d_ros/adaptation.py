@@ -83,10 +83,13 @@ class OnlineAdapter:
         self._holdout: deque = deque(maxlen=HOLDOUT_SIZE)
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._discard_requested = threading.Event()
+        self._discarded = threading.Event()
         self._submitted = 0
         self._stats = {"steps": 0, "swaps": 0, "rollbacks": 0, "resets": 0, "dropped": 0, "rejected": 0,
                        "errors": 0, "last_loss": float("nan"), "last_swap_s": 0.0, "last_error": "",
-                       "signal": float("nan"), "source_signal": float("nan"), "on_source": True, "resumed": False}
+                       "signal": float("nan"), "source_signal": float("nan"), "on_source": True, "resumed": False,
+                       "discards": 0}
         self._last_swap = time.monotonic()
         self._steps_since_swap = 0
         self._thread: threading.Thread | None = None
@@ -136,9 +139,9 @@ class OnlineAdapter:
         return True
 
     def state(self) -> dict:
-        """Diagnostics: steps, last loss, swaps, rollbacks, resets to the source, the signal (held-back loss of
-        the last candidate) and the source model's, whether the backend runs the source weights, buffer
-        fill, dropped and rejected samples."""
+        """Diagnostics: steps, last loss, swaps, rollbacks, resets to the source, discards (on request), the
+        signal (held-back loss of the last candidate) and the source model's, whether the backend runs the
+        source weights, buffer fill, dropped and rejected samples."""
         with self._lock:
             out = dict(self._stats)
             out["buffer"] = len(self._buffer)
@@ -146,6 +149,41 @@ class OnlineAdapter:
             out["held_back"] = len(self._holdout)
         out["running"] = self._thread is not None and self._thread.is_alive()
         return out
+
+    def discard(self, timeout: float = 30.0) -> tuple[bool, str]:
+        """Throw the adapted weights away: the model, a new optimizer, the backend and the saved
+        adapted_last.pt go back to the source model, and the sample buffers are emptied. Runs in the
+        adaptation thread (after its current step) when one runs; (done, message)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._discard_now()
+            return True, "adapted weights discarded: running the source model"
+        self._discarded.clear()
+        self._discard_requested.set()
+        self._wake.set()
+        if not self._discarded.wait(timeout):
+            return False, f"the adaptation thread did not answer within {timeout:g} s"
+        return True, "adapted weights discarded: running the source model"
+
+    def _discard_now(self) -> None:
+        self._discard_requested.clear()
+        with self._lock:
+            self._buffer.clear()
+            self._holdout.clear()
+        self.model.load_state_dict(self._source_state)
+        self.optimizer = self._new_optimizer()
+        self._steps_since_swap = 0
+        if self._good_state is not self._source_state:
+            self._push(self._source_state)
+            self._good_state = self._source_state
+        path = self._saved_path()
+        if path is not None and path.is_file():
+            path.unlink()
+        with self._lock:
+            self._stats["discards"] += 1
+            self._stats["on_source"] = True
+            self._stats["resumed"] = False
+        self.log.info("adaptation: adapted weights discarded, running the source model")
+        self._discarded.set()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the worker thread (the current step finishes first)."""
@@ -349,9 +387,14 @@ class OnlineAdapter:
             self._wake.wait(timeout=0.5)
             self._wake.clear()
             try:
-                while not self._stop.is_set() and self.step():
+                if self._discard_requested.is_set():
+                    self._discard_now()
+                while not self._stop.is_set() and not self._discard_requested.is_set() and self.step():
                     self.consider_swap()
-                self.consider_swap()
+                if self._discard_requested.is_set():
+                    self._discard_now()
+                else:
+                    self.consider_swap()
             except Exception as exc:  # keep perception alive whatever happens here; count and report
                 with self._lock:
                     self._stats["errors"] += 1

@@ -214,3 +214,35 @@ def test_adapted_weights_survive_a_restart_of_the_same_model_only(model_files, t
     stranger = OnlineAdapter(other, other_backend, params(**saved), start=False)
     assert not stranger.state()["resumed"]
     np.testing.assert_allclose(probe(other_backend), before, atol=1e-6)
+
+
+def test_discard_returns_to_the_source_model_and_forgets_the_saved_weights(model_files, tmp_path):
+    """discard(): the backend, the model and adapted_last.pt go back to the source, also while the
+    adaptation thread runs; a restart afterwards starts from the source."""
+    pt, onnx = model_files
+    saved = {"adaptation.checkpoint_dir": str(tmp_path)}
+    source_out = probe(OnnxRuntimeBackend(onnx, max_batch=4))
+    backend = OnnxRuntimeBackend(onnx, max_batch=4)
+    adapter = OnlineAdapter(pt, backend, params(**saved), start=False)
+    rng = np.random.default_rng(0)
+    for _ in range(15):
+        adapter.submit(*person_pair(rng))
+    assert adapter.step()
+    adapter._acceptable = lambda candidate, good, *_: (bool(candidate["finite"]), "ok")
+    assert adapter.consider_swap(force=True) and np.abs(probe(backend) - source_out).max() > 1e-5
+    done, message = adapter.discard()
+    assert done and "source" in message
+    np.testing.assert_allclose(probe(backend), source_out, atol=1e-6)
+    state = adapter.state()
+    assert state["discards"] == 1 and state["on_source"] and state["buffer"] == 0 and state["held_back"] == 0
+    assert not (tmp_path / "adapted_last.pt").exists()
+    assert not OnlineAdapter(pt, OnnxRuntimeBackend(onnx, max_batch=4), params(**saved), start=False).state()["resumed"]
+
+    running = OnlineAdapter(pt, OnnxRuntimeBackend(onnx, max_batch=4), params(**saved), start=True)
+    try:
+        for _ in range(30):
+            running.submit(*person_pair(rng))
+        done, _ = running.discard(timeout=20.0)
+        assert done and running.state()["discards"] == 1 and running.state()["on_source"]
+    finally:
+        running.close()

@@ -304,12 +304,28 @@ def test_node_build_only_exits_zero_without_subscribing():
     assert "nothing to do" in output and "subscribed" not in output
 
 
-def test_adaptation_state_in_diagnostics(ros):
-    _, probe, _ = ros
+def _discard(client_node: Node, target: str):
+    """Call target's ~/discard_adaptation (std_srvs/Trigger) and return the response."""
+    from std_srvs.srv import Trigger
+
+    client = client_node.create_client(Trigger, f"{target}/discard_adaptation")
+    try:
+        assert wait_until(client.service_is_ready, 10.0), f"no {target}/discard_adaptation service"
+        future = client.call_async(Trigger.Request())
+        assert wait_until(future.done, 30.0)
+        return future.result()
+    finally:
+        client_node.destroy_client(client)
+
+
+def test_adaptation_state_in_diagnostics_and_discard_service(ros):
+    main_node, probe, player_node = ros
     pytest.importorskip("torch")
+    pytest.importorskip("std_srvs")
     node = make_node(load_params(overrides={"adaptation.enabled": True}), namespace="adapt")
     assert node is not None and node.adapter is not None
     adapter = node.adapter
+    main_node.executor.add_node(node)
     try:
         count = len(probe.diagnostics)
         node.publish_diagnostics()
@@ -318,6 +334,14 @@ def test_adaptation_state_in_diagnostics(ros):
         message = next(m for m in probe.diagnostics[count:] if m.status[0].name.startswith("/adapt/"))
         values = {kv.key: kv.value for kv in message.status[0].values}
         assert values["adaptation_running"] == "True" and "adaptation_steps" in values
+        assert values["adaptation_discards"] == "0"
+
+        response = _discard(player_node, "/adapt/kp3d_node")
+        assert response.success and "source" in response.message
+        assert adapter.state()["discards"] == 1 and adapter.state()["on_source"]
+        refused = _discard(player_node, f"/{main_node.get_name()}")  # adaptation is off there
+        assert not refused.success and "not running" in refused.message
     finally:
+        main_node.executor.remove_node(node)
         node.destroy_node()
     assert node.adapter is None and not adapter.state()["running"]  # shutdown stopped and released it

@@ -143,6 +143,7 @@ class Kp3dNode(LifecycleNode):
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", output_qos(10))
         self.diagnostics_timer = self.create_timer(self._declared("diagnostics.period_s"), self.publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.discard_service = self._create_discard_service()
 
     # Parameters ---------------------------------------------------------------------------------
 
@@ -198,6 +199,32 @@ class Kp3dNode(LifecycleNode):
             period = next(c.value for c in changes if c.name == "diagnostics.period_s")
             self.diagnostics_timer = self.create_timer(float(period), self.publish_diagnostics)
         return SetParametersResult(successful=True)
+
+    # Online adaptation ----------------------------------------------------------------------------
+
+    def _create_discard_service(self) -> Any:
+        """~/discard_adaptation (std_srvs/Trigger), in a callback group of its own so that a discard (which
+        waits for the adapter's current step) never holds up the clouds; None where std_srvs is missing."""
+        try:
+            from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+            from std_srvs.srv import Trigger
+        except ImportError:
+            self.get_logger().info("std_srvs is not installed: no ~/discard_adaptation service")
+            return None
+        return self.create_service(Trigger, "~/discard_adaptation", self._on_discard_adaptation,
+                                   callback_group=MutuallyExclusiveCallbackGroup())
+
+    def _on_discard_adaptation(self, request: Any, response: Any) -> Any:
+        """Back to the source model: the adapted weights in the backend and in adaptation.checkpoint_dir go."""
+        adapter = self.adapter
+        if adapter is None:
+            response.success = False
+            response.message = ("online adaptation is not running (adaptation.enabled is false, or the node is "
+                                "not configured)")
+            return response
+        response.success, response.message = adapter.discard(timeout=10.0)
+        self.get_logger().info(f"~/discard_adaptation: {response.message}")
+        return response
 
     # Lifecycle ------------------------------------------------------------------------------------
 
