@@ -45,6 +45,11 @@ TARGET_DOMAINS = {
     # The same with bulky (winter) clothing: surfaces 4 to 10 cm out.
     "dense_winter": {"presets": ("os1_128",), "inflate_range": (0.04, 0.10), "carry_object": 0.4,
                      "occluder": 0.3, "distance_range": (4.0, 18.0)},
+    # The source domain itself (Stage I's sensors and bodies; other seeds).
+    "source": {"presets": ("waymo_top", "hdl64e", "vlp32c", "os1_64"), "phenotype_ranges": {"weight": (0.0, 0.85)}},
+    # A body shift: children (about 0.8 to 1.6 m; kp3d_ros.synth.body.CHILD_RANGES) on the held-out OS1-128.
+    "children": {"presets": ("os1_128",), "phenotype_ranges": {"age": (0.25, 0.5), "height": (0.0, 0.55)},
+                 "distance_range": (4.0, 18.0)},
 }
 
 
