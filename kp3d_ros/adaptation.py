@@ -150,6 +150,10 @@ class OnlineAdapter:
         out["running"] = self._thread is not None and self._thread.is_alive()
         return out
 
+    def accepted_state(self) -> dict:
+        """A copy of the weights the backend runs: the source model's, or the last accepted candidate's."""
+        return {k: v.detach().clone() for k, v in self._good_state.items()}
+
     def discard(self, timeout: float = 30.0) -> tuple[bool, str]:
         """Throw the adapted weights away: the model, a new optimizer, the backend and the saved
         adapted_last.pt go back to the source model, and the sample buffers are emptied. Runs in the
