@@ -72,7 +72,18 @@ class OnlineAdapter:
             frozen = copy.deepcopy(self.model).eval()
             for p in frozen.parameters():
                 p.requires_grad_(False)
-        self.objective = Stage2Objective(self.model, frozen, losses.LossWeights(), seg_target)
+        weights, self._anchor, self._anchor_weight = losses.LossWeights(), None, 0.0
+        recipe = str(params.get("adaptation.recipe", "") or "")
+        if recipe:  # the offline recipe's loss weights and labelled anchor (a Stage I batch in every step)
+            from kp3d_ros.train import stage2
+
+            if not Path(recipe).is_file():
+                raise FileNotFoundError(f"adaptation.recipe {recipe} does not exist")
+            cfg = stage2.load_config(recipe) | {"num_points": self.num_points}
+            weights = losses.LossWeights.from_dict(cfg["loss"])
+            self._anchor = stage2.source_objective(cfg, self.model)
+            self._anchor_weight = float(cfg["source"]["weight"])
+        self.objective = Stage2Objective(self.model, frozen, weights, seg_target)
         self.optimizer = self._new_optimizer()
         self._source_state = copy.deepcopy(self.model.state_dict())  # frozen: the reference of every guard
         self._good_state = self._source_state
@@ -230,6 +241,8 @@ class OnlineAdapter:
             group["lr"] = float(self.params["adaptation.learning_rate"])
         self.optimizer.zero_grad(set_to_none=True)
         total, _ = self.objective(prepared.batch)
+        if self._anchor is not None:
+            total = total + self._anchor_weight * self._anchor()
         if not torch.isfinite(total):
             with self._lock:
                 self._stats["errors"] += 1

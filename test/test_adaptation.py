@@ -246,3 +246,29 @@ def test_discard_returns_to_the_source_model_and_forgets_the_saved_weights(model
         assert done and running.state()["discards"] == 1 and running.state()["on_source"]
     finally:
         running.close()
+
+
+def test_a_recipe_adds_its_labelled_anchor_to_every_step(model_files, tmp_path):
+    """adaptation.recipe: the Stage II config's loss weights and a labelled Stage I batch in every step."""
+    import yaml
+    from tiny_stage1_data import write_split
+
+    pt, onnx = model_files
+    write_split(tmp_path / "s1" / "train", 40, 0)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"source": {"data": str(tmp_path / "s1"), "weight": 1.0, "batch_size": 4,
+                                                 "config": ""}, "loss": {"flow": 6.0}}))
+    rng = np.random.default_rng(0)
+    items = [person_pair(rng) for _ in range(5)]
+    losses_seen = {}
+    for name, extra in (("plain", {}), ("anchored", {"adaptation.recipe": str(recipe)})):
+        torch.manual_seed(0)
+        adapter = OnlineAdapter(pt, OnnxRuntimeBackend(onnx, max_batch=4), params(**extra), start=False)
+        for item in items:
+            adapter.submit(*item)
+        assert adapter.step()
+        losses_seen[name] = adapter.state()["last_loss"]
+    assert losses_seen["anchored"] > losses_seen["plain"] + 1e-3  # its weights and the Stage I loss are in the step
+    with pytest.raises(FileNotFoundError, match=r"adaptation\.recipe"):
+        OnlineAdapter(pt, OnnxRuntimeBackend(onnx, max_batch=4),
+                      params(**{"adaptation.recipe": str(tmp_path / "missing.yaml")}), start=False)

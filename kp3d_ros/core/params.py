@@ -137,6 +137,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       "refuses a candidate and resets to the source weights.", 0.0, 10.0),
     P("adaptation.checkpoint_dir", "", "Where adapted weights are saved; empty: no checkpoints.",
       read_only=True),
+    P("adaptation.recipe", "",
+      "A Stage II config (e.g. config/stage2_anchored.yaml) whose loss weights and labelled source anchor "
+      "(source.data, source.weight) every adaptation step uses; empty: method.md's weights, no anchor.",
+      read_only=True),
     P("adaptation.resume", True,
       "At start, continue from the adapted weights saved in adaptation.checkpoint_dir when they were adapted from "
       "this same model (checked by its file's SHA-256); false starts from the model and discards them.",
