@@ -96,18 +96,14 @@ def _checked_cloud(name: str, cloud: np.ndarray) -> np.ndarray:
 
 
 def group_median(values: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
-    """Median of `values` (finite or +inf) per group label (groups,); NaN for an empty group."""
+    """Median of `values` per group label (groups,); NaN for an empty group."""
+    order = np.lexsort((values, group))
     counts = np.bincount(group, minlength=groups)
-    finite = np.isfinite(values)
-    # one sort of (group, value) keys: values are mapped into [0, 1) and offset by their group
-    span = values[finite].max(initial=0.0) + 1.0
-    keys = group + np.where(finite, values / span, 1.0 - 1e-12)
-    sorted_values = np.sort(keys) - np.repeat(np.arange(groups), counts)
     starts = np.cumsum(counts) - counts
     low = np.minimum(starts + (counts - 1) // 2, len(values) - 1)
     high = np.minimum(starts + counts // 2, len(values) - 1)
-    median = 0.5 * (sorted_values[low] + sorted_values[high]) * span
-    return np.where(counts > 0, median, np.nan)
+    sorted_values = values[order]
+    return np.where(counts > 0, 0.5 * (sorted_values[low] + sorted_values[high]), np.nan)
 
 
 class _Packed:
@@ -165,10 +161,11 @@ class _Nearest:
     def _centred(self, points: np.ndarray, index: np.ndarray, valid: np.ndarray, far: float) -> np.ndarray:
         return np.where(valid[..., None], points[index] - self.centre, far)
 
-    def forward(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Distance and reference index of each query point's nearest reference point (same cloud)."""
+    def forward(self, query: np.ndarray, centred: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Distance and reference index of each query point's nearest reference point (same cloud);
+        `centred`: the padded, centred query when the caller has it already."""
         if self.brute:
-            q = self._centred(query, self.q_index, self.q_valid, -self.FAR)
+            q = self._centred(query, self.q_index, self.q_valid, -self.FAR) if centred is None else centred
             idx = self.r_index[self.rows, (_with_ones(q) @ self.r_scores).argmin(2)][self.q_valid]
         else:
             _, idx = self.tree.query(query + self.q_shift, k=1)
@@ -176,13 +173,14 @@ class _Nearest:
 
     def both(self, query: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """forward(query), and for each reference point the distance and index of its nearest query point."""
-        forward = self.forward(query)
         if self.brute:
             q = self._centred(query, self.q_index, self.q_valid, -self.FAR)
+            forward = self.forward(query, q)
             q_scores = np.concatenate([-2.0 * q, (q * q).sum(-1, keepdims=True)], -1).transpose(0, 2, 1)
             back = self.q_index[self.rows, (self.r_ones @ np.ascontiguousarray(q_scores, np.float32)).argmin(2)]
             back = back[self.r_valid]
         else:
+            forward = self.forward(query)
             _, back = cKDTree(query + self.q_shift).query(self.ref.points + self.ref.shift[self.ref.group], k=1)
         return forward, (np.linalg.norm(self.ref.points - query[back], axis=1), back)
 
