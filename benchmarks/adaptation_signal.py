@@ -7,10 +7,8 @@ label-free signals computed on the same unlabelled pairs:
 - ``stage2_loss``: the held-back Stage II loss with the shipped recipe's weights (``--config``) and the
   source model's confident segmentation pseudo-labels, as ``kp3d_ros.train.selection`` scores rounds;
 - ``source_gap``: mean joint distance (cm) between the candidate's and the source model's predictions;
-- ``augment_gap``: mean joint distance (cm) between predictions on two random subsamplings of each crop;
-- ``bone_jitter``: per track, the standard deviation of each bone's predicted length over the frames,
-  relative to its mean, averaged (a person's bones do not change length);
-- ``left_right``: the mean relative left/right bone length mismatch (``losses.skeleton_plausibility``).
+- ``augment_gap``, ``bone_jitter``, ``left_right``: the geometric signals of ``kp3d_ros.train.signals``
+  (two random subsamplings of each crop; bone lengths over a track; mirrored bones).
 
 Candidates: the source model (first ``--model``), the other ``--model``s, and the source with its weights
 perturbed by Gaussian noise of each ``--noise`` relative scale (a stand-in for drifted weights). Reported:
@@ -37,8 +35,8 @@ from scipy.stats import spearmanr
 
 from kp3d_ros import losses
 from kp3d_ros.model.checkpoint import load_model
-from kp3d_ros.model.preprocess import prepare_batch, restore_keypoints
-from kp3d_ros.train import stage2
+from kp3d_ros.train import selection, stage2
+from kp3d_ros.train import signals as label_free
 from kp3d_ros.train.pairs import collate_pairs
 
 SIGNALS = ("stage2_loss", "source_gap", "augment_gap", "bone_jitter", "left_right")
@@ -56,27 +54,6 @@ def perturbed(model: torch.nn.Module, scale: float, seed: int) -> torch.nn.Modul
     return out.eval()
 
 
-def predict(model: torch.nn.Module, crops: list[np.ndarray], num_points: int, seed: int) -> np.ndarray:
-    """Joints (N, J, 3) in the LiDAR frame for every crop (one random subsampling per seed)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(crops), BATCH):
-            batch = prepare_batch(crops[s:s + BATCH], num_points, rng)
-            out.append(restore_keypoints(model(torch.from_numpy(batch.points))[0].numpy(), batch))
-    return np.concatenate(out)
-
-
-def bone_jitter(joints: np.ndarray, tracks: np.ndarray) -> float:
-    lengths = losses.bone_lengths(torch.from_numpy(joints)).numpy()
-    values = []
-    for track in np.unique(tracks):
-        own = lengths[tracks == track]
-        if len(own) >= 2:
-            values.append((own.std(0) / np.maximum(own.mean(0), 1e-6)).mean())
-    return float(np.mean(values))
-
-
 def domain_rows(name: str, root: str, candidates: dict[str, torch.nn.Module], cfg: dict) -> list[dict]:
     tracks = stage2.load_sequence_pairs(root, cfg, log=lambda *_: None)
     pairs = [p for track in tracks for p in track]
@@ -85,27 +62,22 @@ def domain_rows(name: str, root: str, candidates: dict[str, torch.nn.Module], cf
     track_of = np.array([p.track for p in pairs])
     source = next(iter(candidates.values()))
     num_points = int(cfg["num_points"])
-    source_joints = predict(source, crops, num_points, 0)
+    source_joints = label_free.predict_joints(source, crops, num_points, label_free.SUBSAMPLING_SEEDS[0])
     weights = losses.LossWeights.from_dict(cfg["loss"])
     rows = []
     for label, model in candidates.items():
-        joints = predict(model, crops, num_points, 0)
-        again = predict(model, crops, num_points, 1)
+        geometric, joints = label_free.geometric_signals(model, crops, track_of, num_points)
         objective = stage2.Stage2Objective(model, source, weights, cfg["seg_target"], float(cfg["confidence"]))
         rng = np.random.default_rng(0)
         with torch.no_grad():
             loss = [float(objective(collate_pairs(pairs[s:s + BATCH], num_points, rng).batch)[0])
                     for s in range(0, len(pairs), BATCH)]
-        plausibility = losses.skeleton_plausibility(torch.from_numpy(joints.astype(np.float32)))
         rows.append({
             "domain": name, "model": label, "pairs": len(pairs),
             "mpjpe_cm": float(np.linalg.norm(joints - truth, axis=-1).mean() * 100),
             "stage2_loss": float(np.mean(loss)),
             "source_gap": float(np.linalg.norm(joints - source_joints, axis=-1).mean() * 100),
-            "augment_gap": float(np.linalg.norm(joints - again, axis=-1).mean() * 100),
-            "bone_jitter": bone_jitter(joints.astype(np.float32), track_of),
-            "left_right": plausibility["left_right_mismatch"],
-        })
+        } | geometric)
     return rows
 
 
@@ -127,6 +99,22 @@ def correlations(rows: list[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
+def verdicts(rows: list[dict]) -> list[dict]:
+    """Per domain, what Stage II's selection rule (train.selection) would write among the trained models
+    (the first is the source), against the held-back loss alone and the model with the lowest error."""
+    out = []
+    for domain in dict.fromkeys(r["domain"] for r in rows):
+        own = {r["model"]: r for r in rows if r["domain"] == domain and "noise" not in r["model"]}
+        chosen, _ = selection.choose({m: {k: r[k] for k in selection.CRITERIA} for m, r in own.items()})
+        by_loss = min(own, key=lambda m: (own[m]["stage2_loss"], list(own).index(m)))
+        best = min(own, key=lambda m: own[m]["mpjpe_cm"])
+        source = next(iter(own.values()))["mpjpe_cm"]
+        out.append({"domain": domain, "best": best, "rule": chosen, "loss_alone": by_loss,
+                    "rule_change": own[chosen]["mpjpe_cm"] / source - 1,
+                    "loss_alone_change": own[by_loss]["mpjpe_cm"] / source - 1})
+    return out
+
+
 def report(rows: list[dict], rho: dict, args: argparse.Namespace) -> str:
     lines = [f"# Label-free signals against the true error ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
              "", f"Models: {', '.join(args.model)}; weight noise {args.noise or 'none'}; recipe {args.config}.", "",
@@ -141,7 +129,13 @@ def report(rows: list[dict], rho: dict, args: argparse.Namespace) -> str:
         for key, values in table.items():
             lines.append(f"| {key} | " + " | ".join(f"{values[s]:.2f}" for s in SIGNALS) + " |")
         lines.append("")
-    return "\n".join(lines)
+    lines += ["What the selection would write (change of MPJPE against the source model):", "",
+              "| domain | lowest error | consensus rule (train.selection) | held-back loss alone |",
+              "|---|---|---|---|"]
+    for v in verdicts(rows):
+        lines.append(f"| {v['domain']} | {v['best']} | {v['rule']} ({v['rule_change']:+.1%}) | "
+                     f"{v['loss_alone']} ({v['loss_alone_change']:+.1%}) |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -175,7 +169,8 @@ def main() -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
-        Path(args.out).with_suffix(".json").write_text(json.dumps({"rows": rows, "spearman": rho}, indent=1))
+        Path(args.out).with_suffix(".json").write_text(
+            json.dumps({"rows": rows, "spearman": rho, "selection": verdicts(rows)}, indent=1))
     return 0
 
 

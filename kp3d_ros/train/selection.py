@@ -1,11 +1,18 @@
-"""Stage II's choice of output: the source model or one of the rounds' models, by a label-free signal.
+"""Stage II's choice of output: the source model or one of the rounds' models, by label-free signals.
 
-The signal is the held-back Stage II loss: the run's loss weights on the validation tracks (never trained
-on), with the segmentation pseudo-labels of the frozen source model for every candidate (as round 1
-validates), so that all candidates are scored by one objective. The source model is always a candidate
-and wins ties, so by this signal the output is never worse than the start. The segmentation term favours
-the source a little (its own confident labels); that bias is on the side of caution. The run writes the
-choice as OUT/selection.json and OUT/selection.md.
+Every candidate is scored on the held-back validation tracks (never trained on) by four signals, lower is
+better for each:
+
+- ``stage2_loss``: the run's own loss weights with the frozen source model's segmentation pseudo-labels
+  (as round 1 validates), so that all candidates are scored by one objective;
+- ``augment_gap``, ``bone_jitter``, ``left_right``: the geometric signals of ``train.signals``, which no
+  round minimises.
+
+A round is eligible only when it is below the source model on every signal; among the eligible rounds the
+lowest augmentation gap wins, and without any the source model is written. The held-back loss alone falls
+for every round, also for rounds that are worse (it is what they minimise): on the signal study's
+candidates (benchmarks/results/adaptation_signal_stage2.md) it would have written a worse model on three of
+four domains, the consensus on none. The run writes the choice as OUT/selection.json and OUT/selection.md.
 """
 
 from __future__ import annotations
@@ -18,15 +25,21 @@ import numpy as np
 import torch
 
 from kp3d_ros import losses
+from kp3d_ros.train import signals as label_free
 from kp3d_ros.train.distributed import SINGLE, Ranks
 
-SIGNAL = "held-back Stage II loss (source pseudo-labels)"
+CRITERIA = ("stage2_loss", *label_free.GEOMETRIC)
+RANKED_BY = "augment_gap"
+SIGNAL = ("every label-free signal below the source model's (held-back Stage II loss, augmentation gap, "
+          "bone jitter, left/right mismatch), then the lowest augmentation gap")
 
 
-def held_back_signal(model: torch.nn.Module, source_state: dict, cfg: dict, val_prepared: list,
-                     ranks: Ranks = SINGLE) -> float | None:
-    """The signal of `model`'s current weights (lower is better), averaged over the ranks' held-back
-    tracks; None when no rank holds any back."""
+def candidate_signals(model: torch.nn.Module, source_state: dict, cfg: dict, val_prepared: list,
+                      val_crops: list[np.ndarray], val_track_ids: np.ndarray,
+                      ranks: Ranks = SINGLE) -> dict[str, float]:
+    """The signals of `model`'s current weights on the held-back tracks (`val_prepared`: the collated
+    pairs, `val_crops` / `val_track_ids`: their source crops), averaged over the ranks; {} when no rank
+    holds any back."""
     from kp3d_ros.train.stage2 import Stage2Objective, combine_validation
 
     frozen = None
@@ -38,22 +51,41 @@ def held_back_signal(model: torch.nn.Module, source_state: dict, cfg: dict, val_
     model.eval()
     with torch.no_grad():
         values = [float(objective(p.batch)[0]) for p in val_prepared]
-    share = {"signal": float(np.mean(values))} if values else {}
-    combined = combine_validation(ranks.gathered((len(values), share)))
-    return combined.get("signal")
+    share: dict[str, float] = {}
+    if values:
+        geometric, _ = label_free.geometric_signals(model, val_crops, val_track_ids, int(cfg["num_points"]))
+        share = {"stage2_loss": float(np.mean(values))} | {k: v for k, v in geometric.items() if np.isfinite(v)}
+    combined = combine_validation(ranks.gathered((len(val_crops), share)))
+    return {k: v for k, v in combined.items() if k in CRITERIA}
 
 
-def choose(signals: dict[str, float | None]) -> tuple[str, str]:
-    """(name, why): the candidate with the lowest finite signal; the first one (the source) on ties, and
-    the last one when no candidate has a signal (nothing held back)."""
-    names = list(signals)
-    finite = {n: v for n, v in signals.items() if v is not None and np.isfinite(v)}
-    if not finite:
+def choose(scores: dict[str, dict[str, float]]) -> tuple[str, str]:
+    """(name, why). The first candidate is the source model; a later one is eligible when each of its
+    finite criteria is below the source's and it has every criterion the source has; the eligible one
+    with the lowest augmentation gap (held-back loss without one) wins. The last candidate is taken when
+    nothing was scored (nothing held back)."""
+    names = list(scores)
+    source = {k: v for k, v in scores[names[0]].items() if v is not None and np.isfinite(v)}
+    if not source:
         return names[-1], "no held-back pairs to score on: the last round's model, as without selection"
-    best = min(finite, key=lambda n: (finite[n], names.index(n)))
-    if best == names[0]:
-        return best, f"no round scored below the source model's {finite[best]:.5f}"
-    return best, f"lowest {SIGNAL}: {finite[best]:.5f} against the source's {finite.get(names[0], float('nan')):.5f}"
+    key = RANKED_BY if RANKED_BY in source else "stage2_loss"
+    eligible, refused = [], []
+    for name in names[1:]:
+        own = scores[name]
+        worse = [k for k in source if not (own.get(k) is not None and own[k] < source[k])]
+        if worse:
+            refused.append(f"{name}: {', '.join(f'{k} {_fmt(own.get(k))} >= {source[k]:.4g}' for k in worse)}")
+        else:
+            eligible.append(name)
+    if not eligible:
+        return names[0], "no round was below the source model on every signal (" + "; ".join(refused) + ")"
+    best = min(eligible, key=lambda n: (scores[n][key], names.index(n)))
+    return best, (f"below the source model on every signal, and the lowest {key} of the {len(eligible)} that "
+                  f"were: {scores[best][key]:.4g} against the source's {source[key]:.4g}")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.4g}"
 
 
 def write_report(out: Path, selection: dict) -> str:
@@ -61,10 +93,11 @@ def write_report(out: Path, selection: dict) -> str:
     out.mkdir(parents=True, exist_ok=True)
     (out / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
     lines = [f"# Stage II output: {selection['written']} ({selection['selected']})", "",
-             f"Why: {selection['why']}.", "", f"| candidate | {SIGNAL} |", "|---|---|"]
-    for name, value in selection["signals"].items():
+             f"Rule: {SIGNAL}.", "", f"Why: {selection['why']}.", "",
+             "| candidate | " + " | ".join(CRITERIA) + " |", "|---|" + "---|" * len(CRITERIA)]
+    for name, values in selection["signals"].items():
         mark = " **(written)**" if name == selection["selected"] else ""
-        lines.append(f"| {name}{mark} | {'n/a' if value is None else f'{value:.5f}'} |")
+        lines.append(f"| {name}{mark} | " + " | ".join(_fmt(values.get(k)) for k in CRITERIA) + " |")
     if selection.get("calibration"):
         lines += ["", f"Bone calibration: {selection['calibration']}."]
     text = "\n".join(lines) + "\n"

@@ -10,14 +10,14 @@ data only, the true flow ("truth": an oracle ablation). Loss: losses.stage2_loss
 weights; segmentation pseudo-labels from the frozen initial model ("confident") or the nearest predicted
 limb ("nearest_limb"). Validation: the unsupervised loss on held-out pairs (monitored) and, where
 labels exist, MPJPE (reported only, never used for selection). At the end the run writes OUT/selected.pt:
-the source model or one of the rounds' models, whichever scores best on the held-out pairs
-(train.selection), bone-calibrated when calibrate_bones asks and the factors are plausible (otherwise
+the source model or the round that is below it on every label-free signal of train.selection (held-out
+pairs), bone-calibrated when calibrate_bones asks and the factors are plausible (otherwise
 skipped with a warning), and says why in OUT/selection.json and OUT/selection.md.
 
 Under torchrun each rank extracts the pairs of its share of the sequences or bags (kp3d_ros.sharding),
 holds out its own validation tracks, draws its train.batch_size / world_size pairs per step from its own
 tracks and its own labelled source batches, and DistributedDataParallel averages the gradients; the
-validation losses and the selection signal are averaged over the ranks. Every rank makes the same choice;
+validation losses and the selection signals are averaged over the ranks. Every rank makes the same choice;
 rank 0 alone calibrates, evaluates and writes.
 """
 
@@ -513,8 +513,10 @@ def run(cfg: dict, resume: bool = False, log=print, ranks: Ranks = SINGLE) -> di
         report["result"] = _train_round(model, cfg, train_tracks, val_prepared, source_loss, out,
                                         run_meta | {"round": k}, resume, log, ranks, net)
         candidates[f"round{k}"] = copy.deepcopy(model.state_dict())
-    signals = {name: _signal_of(model, state, candidates["source"], cfg, val_prepared, ranks)
-               for name, state in candidates.items()}  # every rank scores its held-back share
+    val_crops = [pair.src for pairs in val_tracks for pair in pairs]
+    val_track_ids = np.repeat(np.arange(len(val_tracks)), [len(pairs) for pairs in val_tracks])
+    signals = {name: _signals_of(model, state, candidates["source"], cfg, val_prepared, val_crops, val_track_ids,
+                                 ranks) for name, state in candidates.items()}  # every rank scores its share
     chosen, why = selection.choose(signals)
     model.load_state_dict(candidates[chosen])
     if not ranks.is_main:  # rank 0 calibrates, writes and evaluates (on its own share of the crops)
@@ -554,10 +556,10 @@ def run(cfg: dict, resume: bool = False, log=print, ranks: Ranks = SINGLE) -> di
     return report
 
 
-def _signal_of(model: torch.nn.Module, state: dict, source_state: dict, cfg: dict, val_prepared: list,
-               ranks: Ranks) -> float | None:
+def _signals_of(model: torch.nn.Module, state: dict, source_state: dict, cfg: dict, val_prepared: list,
+                val_crops: list, val_track_ids: np.ndarray, ranks: Ranks) -> dict[str, float]:
     model.load_state_dict(state)
-    return selection.held_back_signal(model, source_state, cfg, val_prepared, ranks)
+    return selection.candidate_signals(model, source_state, cfg, val_prepared, val_crops, val_track_ids, ranks)
 
 
 def _train_round(model: torch.nn.Module, cfg: dict, train_tracks: list, val_prepared: list,
