@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -147,12 +149,36 @@ def test_tracks_the_network_keeps_rejecting_are_only_rechecked(frames):
         checked = [crops[i].track_id for i in pipeline._worth_checking([clutter, person])]
         checked_frames.append(clutter.track_id in checked)
         assert person.track_id in checked
-        confirmed = np.array([i for i, c in enumerate([clutter, person]) if c.track_id in checked and c is person])
-        pipeline._count_rejections([c for c in (clutter, person) if c.track_id in checked], confirmed)
+        went = [c for c in (clutter, person) if c.track_id in checked]
+        pipeline._count_rejections(went, np.array([i for i, c in enumerate(went) if c is person]))
         if frame == 9:  # the clutter track looks like a person once: checked every frame again
             pipeline._count_rejections([clutter], np.array([0]))
-    assert checked_frames[:10] == [True, True, True, True, False, False, False, True, False, False]
+    assert checked_frames[:3] == [True] * 3  # three rejections, then every 4th frame in the track's phase
+    later = [f for f in range(3, 10) if checked_frames[f]]
+    assert later and later[0] < 3 + 4 and all(b - a == 4 for a, b in itertools.pairwise(later))
+    assert len(later) == (2 if later[0] < 6 else 1)
     assert checked_frames[10:] == [True, True]
+
+
+def test_rechecks_of_static_clutter_are_spread_over_the_frames():
+    """Eight clutter tracks that the network rejected together are rechecked two per frame (interval 4),
+    each once every 4 frames, instead of all eight in one frame."""
+    from kp3d_ros.core.pipeline import TrackedCrop
+
+    pipeline = PerceptionPipeline.from_params({**defaults(), "network.backend": "onnxruntime",
+                                               "network.model_path": str(_model_or_skip()),
+                                               "detection.recheck_interval": 4})
+    crops = [TrackedCrop(k, np.zeros((30, 3), np.float32), np.zeros(3, np.float32), None, np.zeros(3, np.float32))
+             for k in range(1, 9)]
+    pipeline._rejections = dict.fromkeys(range(1, 9), PerceptionPipeline.REJECTIONS_TO_SKIP)
+    seen = {k: [] for k in range(1, 9)}
+    for frame in range(12):
+        checked = pipeline._worth_checking(crops)
+        assert len(checked) == 2
+        for i in checked:
+            seen[crops[i].track_id].append(frame)
+            pipeline._rejections[crops[i].track_id] += 1  # rejected again
+    assert all(len(f) == 3 and f[1] - f[0] == 4 == f[2] - f[1] for f in seen.values())
 
 
 def test_body_share_counts_only_points_near_the_track_axis():

@@ -310,14 +310,16 @@ class PerceptionPipeline:
 
     def _worth_checking(self, crops: list[TrackedCrop]) -> list[int]:
         """Indices of the crops to run the network on: all, except tracks the network keeps rejecting
-        (static clutter), which are checked again every detection.recheck_interval frames."""
+        (static clutter), which are checked again every detection.recheck_interval frames, each track in its
+        own phase (its id), so that a scene's clutter is spread over the frames instead of all rechecked in
+        one (a batch of every clutter track at once was the frame-time tail)."""
         interval = int(self.params["detection.recheck_interval"])
         if self.backend is None or self.params["detection.min_body_share"] <= 0 or interval <= 1:
             return list(range(len(crops)))
         out = []
         for i, c in enumerate(crops):
             rejected = self._rejections.get(c.track_id, 0)
-            if rejected < self.REJECTIONS_TO_SKIP or (rejected - self.REJECTIONS_TO_SKIP) % interval == 0:
+            if rejected < self.REJECTIONS_TO_SKIP or (rejected - self.REJECTIONS_TO_SKIP + c.track_id) % interval == 0:
                 out.append(i)
             else:
                 self._rejections[c.track_id] = rejected + 1  # skipped this frame: still counts as rejected
