@@ -146,7 +146,7 @@ def test_tracks_the_network_keeps_rejecting_are_only_rechecked(frames):
     clutter, person = crops[0], crops[1]
     checked_frames = []
     for frame in range(12):
-        checked = [crops[i].track_id for i in pipeline._worth_checking([clutter, person])]
+        checked = [(clutter, person)[i].track_id for i in pipeline._worth_checking([clutter.track_id, person.track_id])]
         checked_frames.append(clutter.track_id in checked)
         assert person.track_id in checked
         went = [c for c in (clutter, person) if c.track_id in checked]
@@ -173,7 +173,7 @@ def test_rechecks_of_static_clutter_are_spread_over_the_frames():
     pipeline._rejections = dict.fromkeys(range(1, 9), PerceptionPipeline.REJECTIONS_TO_SKIP)
     seen = {k: [] for k in range(1, 9)}
     for frame in range(12):
-        checked = pipeline._worth_checking(crops)
+        checked = pipeline._worth_checking([c.track_id for c in crops])
         assert len(checked) == 2
         for i in checked:
             seen[crops[i].track_id].append(frame)

@@ -153,7 +153,7 @@ def xyz_from_layout(data: bytes | bytearray | memoryview | np.ndarray, fields: S
     if not np.isfinite(xyz.reshape(-1)).all():  # the common case is all finite, checked in one flat pass
         finite = np.isfinite(xyz[:, 0]) & np.isfinite(xyz[:, 1]) & np.isfinite(xyz[:, 2])
         dropped = int(finite.size - np.count_nonzero(finite))
-        xyz = xyz[finite]
+        xyz = np.compress(finite, xyz, axis=0)  # boolean row indexing is a few times slower
     _check_byte_order(xyz, is_bigendian)
     return xyz, dropped
 

@@ -157,17 +157,23 @@ class PerceptionPipeline:
                              f"{self.params['input.max_points']}")
         return points.astype(np.float32, copy=False)
 
-    def _detect_and_track(self, points: np.ndarray, stamp_ns: int, timings: dict[str, float]) -> _FrameState:
+    def _detect_and_track(self, points: np.ndarray, stamp_ns: int, timings: dict[str, float],
+                          only_worth_checking: bool = False) -> _FrameState:
+        """Detect, track and crop. only_worth_checking: crop only the tracks that the network will see this
+        frame (_worth_checking); the others (static clutter between its rechecks) are tracked but not cropped."""
         p = self.params
         state = _FrameState()
         t = time.perf_counter()
         state.num_dropped_nonfinite = count_nonfinite(points)
-        cloud = points[roi_mask(points, p["roi.min_range"], p["roi.max_range"], p["roi.z_min"], p["roi.z_max"])]
+        # np.compress instead of boolean row indexing: the same rows, 2 to 4 times faster on 150k-point scans
+        roi = roi_mask(points, p["roi.min_range"], p["roi.max_range"], p["roi.z_min"], p["roi.z_max"])
+        cloud = np.compress(roi, points, axis=0)
         t = _lap(timings, "roi", t)
         ground = segment_ground(cloud, p["ground.cell_size"], p["ground.clearance"], p["roi.max_range"])
         t = _lap(timings, "ground", t)
         above = ~ground.is_ground
-        found = find_candidates(cloud[above], ground.height_above[above], p["roi.max_range"],
+        found = find_candidates(np.compress(above, cloud, axis=0), np.compress(above, ground.height_above),
+                                p["roi.max_range"],
                                 p["detection.voxel_size"], p["detection.min_points"], p["detection.min_height"],
                                 p["detection.max_height"], p["detection.max_width"], p["detection.max_base"],
                                 p["detection.min_width"])
@@ -178,6 +184,8 @@ class PerceptionPipeline:
         self._last_stamp_ns = stamp_ns
         tracks = self.tracker.update(found.centres, stamp_ns)
         t = _lap(timings, "tracking", t)
+        if only_worth_checking:
+            tracks = [tracks[i] for i in self._worth_checking([tr.track_id for tr in tracks])]
         if tracks:
             centres_xy = np.array([tr.position for tr in tracks], dtype=np.float32)
             ground_z = ground.grid.height_at(centres_xy)
@@ -242,10 +250,9 @@ class PerceptionPipeline:
         start = time.perf_counter()
         timings = dict.fromkeys(STAGES, 0.0)
         points = self._checked(points)
-        state = self._detect_and_track(points, int(stamp_ns), timings)
+        state = self._detect_and_track(points, int(stamp_ns), timings, only_worth_checking=True)
         t = time.perf_counter()
-        checked = self._worth_checking(state.crops)
-        crops, masks = [state.crops[i] for i in checked], [state.person_masks[i] for i in checked]
+        crops, masks = state.crops, state.person_masks
         joints, confidence, parts = self._network([c.points for c in crops])
         keep = self._confirmed_by_network(crops, parts, masks)
         self._count_rejections(crops, keep)
@@ -308,21 +315,21 @@ class PerceptionPipeline:
 
     REJECTIONS_TO_SKIP = 3  # network rejections in a row after which a track is only rechecked now and then
 
-    def _worth_checking(self, crops: list[TrackedCrop]) -> list[int]:
-        """Indices of the crops to run the network on: all, except tracks the network keeps rejecting
+    def _worth_checking(self, track_ids: list[int]) -> list[int]:
+        """Indices of the tracks to run the network on: all, except tracks the network keeps rejecting
         (static clutter), which are checked again every detection.recheck_interval frames, each track in its
         own phase (its id), so that a scene's clutter is spread over the frames instead of all rechecked in
         one (a batch of every clutter track at once was the frame-time tail)."""
         interval = int(self.params["detection.recheck_interval"])
         if self.backend is None or self.params["detection.min_body_share"] <= 0 or interval <= 1:
-            return list(range(len(crops)))
+            return list(range(len(track_ids)))
         out = []
-        for i, c in enumerate(crops):
-            rejected = self._rejections.get(c.track_id, 0)
-            if rejected < self.REJECTIONS_TO_SKIP or (rejected - self.REJECTIONS_TO_SKIP + c.track_id) % interval == 0:
+        for i, track_id in enumerate(track_ids):
+            rejected = self._rejections.get(track_id, 0)
+            if rejected < self.REJECTIONS_TO_SKIP or (rejected - self.REJECTIONS_TO_SKIP + track_id) % interval == 0:
                 out.append(i)
             else:
-                self._rejections[c.track_id] = rejected + 1  # skipped this frame: still counts as rejected
+                self._rejections[track_id] = rejected + 1  # skipped this frame: still counts as rejected
         return out
 
     def _count_rejections(self, checked: list[TrackedCrop], confirmed: np.ndarray) -> None:
