@@ -35,7 +35,7 @@ from kp3d_ros.model.checkpoint import load_model, save_checkpoint
 from kp3d_ros.model.export import export_checkpoint
 from kp3d_ros.train.stage2 import DEFAULTS, evaluate_sequences, load_sequence_pairs
 
-FIELDS = ("step", "mpjpe_cm", "change_pct", "swaps", "rollbacks", "resets", "on_source", "signal",
+FIELDS = ("step", "mpjpe_cm", "change_pct", "swaps", "held", "rollbacks", "resets", "on_source", "signal",
           "source_signal", "wall_s")
 
 
@@ -53,10 +53,11 @@ def write_report(out: Path, rows: list[dict], args: argparse.Namespace) -> None:
     lines = [f"# Online adaptation on a long stream ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
              f"Data {args.data} (unlabelled), test {args.test}; model {args.checkpoint}; overrides "
              f"{args.set or 'none'}; a swap considered every {args.swap_every} steps.", "",
-             "| step | MPJPE cm | vs source | swaps | rollbacks | resets | on source | signal | source signal |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| step | MPJPE cm | vs source | swaps | held | rollbacks | resets | on source | signal | source signal |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['step']} | {float(r['mpjpe_cm']):.3f} | {float(r['change_pct']):+.2f} % | {r['swaps']} | "
+                     f"{r.get('held', '')} | "
                      f"{r['rollbacks']} | {r['resets']} | {r['on_source']} | {float(r['signal']):.4g} | "
                      f"{float(r['source_signal']):.4g} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
@@ -91,7 +92,8 @@ def main(args: argparse.Namespace) -> int:
         source_mpjpe = mpjpe if source_mpjpe is None else source_mpjpe
         state = adapter.state()
         rows.append({"step": step, "mpjpe_cm": mpjpe, "change_pct": 100 * (mpjpe / source_mpjpe - 1),
-                     "swaps": state["swaps"], "rollbacks": state["rollbacks"], "resets": state["resets"],
+                     "swaps": state["swaps"], "held": state.get("held", 0), "rollbacks": state["rollbacks"],
+                     "resets": state["resets"],
                      "on_source": state["on_source"], "signal": state["signal"],
                      "source_signal": state["source_signal"], "wall_s": round(wall + time.monotonic() - started, 1)})
         with log_path.open("w", newline="") as f:
@@ -102,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
                                              "wall_s": wall + time.monotonic() - started}))
         write_report(out, rows, args)
         print(f"step {step}: MPJPE {mpjpe:.3f} cm ({rows[-1]['change_pct']:+.2f} %), swaps {state['swaps']}, "
-              f"rollbacks {state['rollbacks']}, resets {state['resets']}", flush=True)
+              f"held {state.get('held', 0)}, rollbacks {state['rollbacks']}, resets {state['resets']}", flush=True)
 
     if not rows:
         evaluate()

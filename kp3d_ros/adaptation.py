@@ -16,7 +16,12 @@ plausible) is refused. While the backend runs adapted weights, a candidate refus
 only, or adapted weights in the backend that are themselves no longer within the tolerance of the
 source, send the model, the optimizer and the backend back to the source weights (a reset): a slow
 drift that passes every step-to-step check is caught against the fixed reference. Any other refusal
-rolls the model back to the last good weights (a rollback). Accepted weights are saved to
+rolls the model back to the last good weights (a rollback). A candidate that passes these guards goes
+into the backend only when it is below both the source model and the weights in use on every label-free
+signal of Stage II's selection (``train.signals``: augmentation gap, bone jitter, left/right mismatch on the
+held-back pairs; ``adaptation.deploy_on_signals``); otherwise it is held: training goes on from it and the
+backend keeps its weights. The held-back loss alone falls for any adapted weights (it is what they
+minimise), so it cannot tell a better model from a worse one. Accepted weights are saved to
 ``adaptation.checkpoint_dir`` when it is set.
 """
 
@@ -39,6 +44,8 @@ from scipy.spatial import cKDTree
 
 from kp3d_ros import losses
 from kp3d_ros.model.checkpoint import load_model, save_checkpoint
+from kp3d_ros.train import selection
+from kp3d_ros.train import signals as label_free
 from kp3d_ros.train.pairs import PairSample, collate_pairs
 from kp3d_ros.train.stage2 import Stage2Objective
 
@@ -97,7 +104,7 @@ class OnlineAdapter:
         self._discard_requested = threading.Event()
         self._discarded = threading.Event()
         self._submitted = 0
-        self._stats = {"steps": 0, "swaps": 0, "rollbacks": 0, "resets": 0, "dropped": 0, "rejected": 0,
+        self._stats = {"steps": 0, "swaps": 0, "held": 0, "rollbacks": 0, "resets": 0, "dropped": 0, "rejected": 0,
                        "errors": 0, "last_loss": float("nan"), "last_swap_s": 0.0, "last_error": "",
                        "signal": float("nan"), "source_signal": float("nan"), "on_source": True, "resumed": False,
                        "discards": 0}
@@ -150,7 +157,8 @@ class OnlineAdapter:
         return True
 
     def state(self) -> dict:
-        """Diagnostics: steps, last loss, swaps, rollbacks, resets to the source, discards (on request), the
+        """Diagnostics: steps, last loss, swaps, held candidates (passed the guards but not better on every
+        label-free signal), rollbacks, resets to the source, discards (on request), the
         signal (held-back loss of the last candidate) and the source model's, whether the backend runs the
         source weights, buffer fill, dropped and rejected samples."""
         with self._lock:
@@ -268,7 +276,15 @@ class OnlineAdapter:
         out = {"loss": float(total)}
         out.update(losses.skeleton_plausibility(keypoints))
         out["finite"] = float(torch.isfinite(keypoints).all())
+        if self.params.get("adaptation.deploy_on_signals", True) and out["finite"]:
+            geometric, _ = label_free.geometric_signals(self.model, [p.src for p in pairs],
+                                                        np.array([p.track for p in pairs]), self.num_points)
+            out.update({f"signal_{k}": v for k, v in geometric.items()})
         return out
+
+    @staticmethod
+    def _signals(scores: dict[str, float]) -> dict[str, float]:
+        return {k: v for k, v in scores.items() if k.startswith("signal_")}
 
     def _acceptable(self, candidate: dict[str, float], good: dict[str, float],
                     loss_tolerance: float = LOSS_TOLERANCE) -> tuple[bool, str]:
@@ -320,6 +336,19 @@ class OnlineAdapter:
                 self._reset_to_source(f"{why} (source)")
                 return False
             ok = near_source
+        if ok and self.params.get("adaptation.deploy_on_signals", True):
+            # Deploy only what every label-free signal says is better than both the source and the weights in use;
+            # otherwise hold: training goes on from the current weights, the backend keeps its own.
+            worse = selection.not_below(self._signals(candidate), self._signals(source))
+            worse += [] if on_source else [k for k in selection.not_below(self._signals(candidate), self._signals(good))
+                                           if k not in worse]
+            if worse:
+                self.model.load_state_dict(current_state)  # scoring loaded the source's and good weights
+                with self._lock:
+                    self._stats["held"] += 1
+                    self._stats["last_error"] = "held: not below the source and the weights in use on " + ", ".join(
+                        k.removeprefix("signal_") for k in worse)
+                return False
         if not ok:  # back to the last good weights (the source ones, when nothing was swapped in yet)
             self.model.load_state_dict(self._good_state)
             self.optimizer = self._new_optimizer()

@@ -33,7 +33,7 @@ def model_files(tmp_path_factory):
 def params(**changes) -> dict:
     p = defaults()
     p.update({"adaptation.learning_rate": 1e-3, "adaptation.batch_size": 4, "adaptation.buffer_size": 16,
-              "adaptation.min_interval_s": 0.0})
+              "adaptation.min_interval_s": 0.0, "adaptation.deploy_on_signals": False})  # the other guards
     p.update(changes)
     return p
 
@@ -78,6 +78,30 @@ def test_steps_and_swap_change_backend_outputs(model_files, tmp_path):
         expected = adapter.model(torch.from_numpy(x))[0].numpy()
     assert np.allclose(after, expected, atol=1e-4)
     assert (tmp_path / "adapted_last.pt").is_file()
+
+
+def test_a_candidate_not_better_on_every_signal_is_held_not_deployed(model_files):
+    """With adaptation.deploy_on_signals a candidate that passes the loss and plausibility guards but is not
+    below the source on every label-free signal (here: the source's own weights, a tie) stays out of the
+    backend; training goes on from it (no rollback) and the hold is counted and explained."""
+    pt, onnx = model_files
+    backend = OnnxRuntimeBackend(onnx, max_batch=4)
+    adapter = OnlineAdapter(pt, backend, params(**{"adaptation.deploy_on_signals": True}), start=False)
+    rng = np.random.default_rng(2)
+    for track in range(10):
+        adapter.submit(*person_pair(rng, track=track % 3))
+    current = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    before = probe(backend)
+    adapter._steps_since_swap = 1
+    assert not adapter.consider_swap(force=True)
+    state = adapter.state()
+    assert (state["held"], state["swaps"], state["rollbacks"], state["resets"]) == (1, 0, 0, 0)
+    assert state["on_source"] and state["last_error"].startswith("held: not below the source")
+    assert "augment_gap" in state["last_error"]
+    assert np.array_equal(probe(backend), before)
+    assert all(torch.equal(v, current[k]) for k, v in adapter.model.state_dict().items())  # training goes on from it
+    scores = adapter.score(adapter._take(adapter._holdout, 32, pop=False))
+    assert {"signal_augment_gap", "signal_bone_jitter", "signal_left_right"} <= set(scores)
 
 
 def test_implausible_update_is_rolled_back(model_files):

@@ -106,6 +106,13 @@ def test_choose_needs_every_signal_below_the_source():
     assert name == "source"  # a signal the source has but the round lacks counts against the round
 
 
+def test_not_below_lists_every_signal_that_is_not_strictly_lower():
+    reference = scores(1.0, 3.0) | {"unused": float("nan")}
+    assert selection.not_below(scores(0.9, 2.9, 0.09, 0.09), reference) == []
+    assert selection.not_below(scores(0.9, 3.0, 0.09, 0.11), reference) == ["augment_gap", "left_right"]
+    assert selection.not_below({"stage2_loss": 0.5}, reference) == ["augment_gap", "bone_jitter", "left_right"]
+
+
 def test_choose_takes_the_last_round_without_held_back_pairs():
     name, why = selection.choose({"source": {}, "round1": {}})
     assert name == "round1" and "no held-back pairs" in why

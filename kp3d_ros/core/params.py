@@ -135,6 +135,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     P("adaptation.source_tolerance", 0.05,
       "Largest relative rise of the held-back loss above the frozen source model's before the adapter "
       "refuses a candidate and resets to the source weights.", 0.0, 10.0),
+    P("adaptation.deploy_on_signals", True,
+      "Put a candidate into the backend only when it is below both the frozen source model and the weights in use "
+      "on every label-free signal of Stage II's selection (augmentation gap, bone jitter, left/right mismatch, on "
+      "the held-back pairs); otherwise training goes on and the backend keeps its weights. False: the loss and "
+      "plausibility guards alone decide."),
     P("adaptation.checkpoint_dir", "", "Where adapted weights are saved; empty: no checkpoints.",
       read_only=True),
     P("adaptation.recipe", "",

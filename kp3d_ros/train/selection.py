@@ -59,6 +59,18 @@ def candidate_signals(model: torch.nn.Module, source_state: dict, cfg: dict, val
     return {k: v for k, v in combined.items() if k in CRITERIA}
 
 
+def not_below(candidate: dict[str, float], reference: dict[str, float]) -> list[str]:
+    """The reference's finite signals that `candidate` is not strictly below (missing or NaN counts as not)."""
+    worse = []
+    for key, value in reference.items():
+        if value is None or not np.isfinite(value):
+            continue
+        own = candidate.get(key)
+        if own is None or not np.isfinite(own) or not own < value:
+            worse.append(key)
+    return worse
+
+
 def choose(scores: dict[str, dict[str, float]]) -> tuple[str, str]:
     """(name, why). The first candidate is the source model; a later one is eligible when each of its
     finite criteria is below the source's and it has every criterion the source has; the eligible one
@@ -72,7 +84,7 @@ def choose(scores: dict[str, dict[str, float]]) -> tuple[str, str]:
     eligible, refused = [], []
     for name in names[1:]:
         own = scores[name]
-        worse = [k for k in source if not (own.get(k) is not None and own[k] < source[k])]
+        worse = not_below(own, source)
         if worse:
             refused.append(f"{name}: {', '.join(f'{k} {_fmt(own.get(k))} >= {source[k]:.4g}' for k in worse)}")
         else:
