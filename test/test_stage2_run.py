@@ -70,11 +70,13 @@ def test_calibrate_bones_matches_the_population_and_keeps_the_uncalibrated_model
 
     population = [round(0.9 * v, 4) for v in losses.REFERENCE_BONE_LENGTHS.tolist()]
     cfg = stage2.load_config(None)
-    cfg |= {"init": str(MODEL), "data": str(sequences), "out": str(tmp_path / "run"), "val_sequences": 2,
+    # val_sequences 0: nothing held back, so the round's model is written (and calibrated) without selection
+    cfg |= {"init": str(MODEL), "data": str(sequences), "out": str(tmp_path / "run"), "val_sequences": 0,
             "calibrate_bones": True, "calibrate_max_factor": 1.3}
     cfg["train"] |= {"epochs": 1, "steps_per_epoch": 2, "batch_size": 4, "max_minutes": 0, "warmup_steps": 0}
     cfg["loss"] |= {"bone_prior_lengths": population}
     report = stage2.run(cfg, log=lambda _: None)
+    assert report["selection"]["selected"] == "round1"
     assert "optimizer" in load_payload(tmp_path / "run" / "last.pt")  # the training state, for --resume
     final = load_payload(tmp_path / "run" / "selected.pt")  # the output: the chosen model, calibrated
     assert final["meta"]["bone_calibration"] == report["bone_calibration"]

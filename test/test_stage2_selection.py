@@ -73,18 +73,31 @@ def test_the_source_signal_is_round_one_before_training(sequences: Path, tmp_pat
     assert report["selection"]["selected"] in ("source", "round1")
 
 
-def test_implausible_calibration_is_skipped_with_a_warning(sequences: Path, tmp_path: Path):
+def test_implausible_calibration_is_skipped_with_a_warning(sequences: Path):
     population = [round(0.5 * v, 4) for v in losses.REFERENCE_BONE_LENGTHS.tolist()]  # factors about 0.5
-    cfg = small_config(sequences, tmp_path / "run") | {"calibrate_bones": True}
+    cfg = stage2.load_config(None) | {"init": str(MODEL), "calibrate_bones": True}
     cfg["loss"] |= {"bone_prior_lengths": population}
+    model, meta = load_model(MODEL)
+    cfg["num_points"] = int(meta["num_points"])
+    crops = [pair.src for track in stage2.load_sequence_pairs(sequences, cfg, log=lambda *_: None) for pair in track]
     lines: list[str] = []
-    report = stage2.run(cfg, log=lines.append)  # finishes: no exception
-    assert report["bone_calibration"] is None
+    report: dict = {}
+    assert stage2.calibrated_or_skipped(model, cfg, crops, report, lines.append) is None  # no exception
     assert any(x.startswith("warning: bone calibration skipped") and "outside (0.7, 1.3)" in x for x in lines)
-    written = load_payload(tmp_path / "run" / "selected.pt")
-    assert torch.all(written["state_dict"]["calibration.scale"] == 1) and "bone_calibration" not in written["meta"]
-    assert "skipped" in json.loads((tmp_path / "run" / "selection.json").read_text())["calibration"]
-    assert (tmp_path / "run" / "uncalibrated.pt").is_file()
+    assert torch.all(model.calibration.scale == 1) and report["calibration"].startswith("skipped")
+
+
+def test_a_source_model_that_wins_is_written_as_it_came_without_calibration(sequences: Path, tmp_path: Path):
+    """calibrate_bones calibrates a chosen round only: the source model, when no round is better, is not
+    recalibrated (that made it worse on its own domain)."""
+    cfg = small_config(sequences, tmp_path / "run", lr=1.0, grad_clip=0.0) | {"calibrate_bones": True}
+    report = stage2.run(cfg, log=lambda *_: None)
+    assert report["selection"]["selected"] == "source" and report["bone_calibration"] is None
+    assert report["selection"]["calibration"].startswith("not applied")
+    written, shipped = load_payload(tmp_path / "run" / "selected.pt"), load_payload(MODEL)
+    assert weights_equal(written["state_dict"], shipped["state_dict"])
+    assert torch.all(written["state_dict"]["calibration.scale"] == 1)  # the shipped model carries no factors
+    assert not (tmp_path / "run" / "uncalibrated.pt").exists()
 
 
 def scores(loss: float, gap: float, jitter: float = 0.1, mismatch: float = 0.1) -> dict[str, float]:
