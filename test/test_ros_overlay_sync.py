@@ -107,12 +107,14 @@ def test_every_overlay_is_within_the_offset_of_its_cloud(bag):
 
         def settled() -> bool:
             stats = node.stats
+            decided = stats.overlays + stats.overlay_skipped + sum(stats.overlay_errors.values())
             return (stats.received == stats.processed + stats.dropped + sum(stats.malformed.values())
-                    and stats.overlays + stats.overlay_skipped == stats.processed and len(overlays) == stats.overlays)
+                    and decided == stats.processed and len(overlays) == stats.overlays)
         assert wait_until(settled, 20.0)
         stats = node.stats.snapshot()
         processed = [stamp for stamp, _, _ in node.stats.recent_frames()]  # the clouds processed, in order
         malformed = dict(node.stats.malformed)
+        overlay_errors = dict(node.stats.overlay_errors)
     finally:
         spinner.stop()
         executor.shutdown()
@@ -132,4 +134,8 @@ def test_every_overlay_is_within_the_offset_of_its_cloud(bag):
     # and no cloud that had an image in time went without its overlay (every image reached the node)
     expected = [min(image_stamps, key=lambda i, c=c: abs(i - c)) for c in processed]
     expected = [i for i, c in zip(expected, processed, strict=True) if abs(i - c) <= MAX_OFFSET_S * 1e9]
-    assert overlays == expected
+    # The replay's first camera_info can reach the node after its first paired image (topics are delivered
+    # independently): that overlay is lost, counted as missing_camera_info. Once it has arrived it stays.
+    missing = overlay_errors.pop("missing_camera_info", 0)
+    assert missing <= 2 and not overlay_errors, overlay_errors
+    assert overlays == expected[missing:]
