@@ -7,6 +7,8 @@ Limb endpoints may be derived points (neck, pelvis); they are expressed as fixed
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 JOINT_NAMES: tuple[str, ...] = (
@@ -172,10 +174,16 @@ def joint_colour(joint: int) -> tuple[float, float, float]:
 
 def draw_segments(joints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Line segments (E, 2, 3) for drawing one skeleton, and their colours (E, 3)."""
-    starts = np.stack([point_weights(a) for a, _ in DRAW_EDGES]) @ joints
-    ends = np.stack([point_weights(b) for _, b in DRAW_EDGES]) @ joints
-    colours = np.array([edge_colour(a, b) for a, b in DRAW_EDGES], dtype=np.float32)
-    return np.stack([starts, ends], axis=1), colours
+    starts, ends, colours = _draw_tables()
+    return np.stack([starts @ joints, ends @ joints], axis=1), colours.copy()
+
+
+@functools.cache
+def _draw_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The joint weights of every drawing edge's two ends (E, J) and the edges' colours (E, 3), built once."""
+    starts = np.stack([point_weights(a) for a, _ in DRAW_EDGES])
+    ends = np.stack([point_weights(b) for _, b in DRAW_EDGES])
+    return starts, ends, np.array([edge_colour(a, b) for a, b in DRAW_EDGES], dtype=np.float32)
 
 
 # Left/right mirror permutations (for flip augmentation and symmetric metrics).

@@ -266,3 +266,26 @@ def test_pointcloud2_read_from_big_endian_cdr():
     assert (cloud.header.stamp.sec, cloud.header.stamp.nanosec, cloud.header.frame_id) == (7, 9, "abc")
     assert [f.name for f in cloud.fields] == ["x", "y", "z"] and cloud.width == 2 and cloud.is_dense
     np.testing.assert_array_equal(cloud_to_xyz(cloud)[0], np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+def test_skeleton_markers_as_cdr_bytes_read_back_as_the_message_objects():
+    """The node publishes skeleton markers as CDR bytes written from the arrays; rclpy must read them back as
+    exactly the MarkerArray that skeleton_markers builds (no people, several, a non-finite one left out, a
+    lifetime), and the start-up check that decides it must pass on this distribution."""
+    from rclpy.serialization import deserialize_message
+    from visualization_msgs.msg import MarkerArray
+
+    from kp3d_ros.ros.markers import markers_cdr_matches, skeleton_markers, skeleton_markers_cdr
+    from kp3d_ros.skeleton import NUM_JOINTS
+
+    rng = np.random.default_rng(4)
+    header = Header(frame_id="os_sensor")
+    header.stamp.sec, header.stamp.nanosec = 1_700_000_000, 999_999_999
+    broken = np.full((NUM_JOINTS, 3), np.nan, np.float32)
+    for people, lifetime in (([], 0.0), ([(1, rng.normal(0, 2, (NUM_JOINTS, 3)))], 0.0),
+                             ([(k, rng.normal(k, 1, (NUM_JOINTS, 3)).astype(np.float32)) for k in range(6)]
+                              + [(99, broken)], 1.5)):
+        read = deserialize_message(skeleton_markers_cdr(header, people, lifetime), MarkerArray)
+        assert read == skeleton_markers(header, people, lifetime)
+    assert len(read.markers) == 1 + 3 * 6  # the non-finite person has no markers
+    assert markers_cdr_matches()

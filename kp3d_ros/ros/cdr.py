@@ -120,3 +120,47 @@ def read_pointcloud2(data: bytes | memoryview) -> RawCloud:
     points = reader.octets()
     is_dense = bool(reader.uint8())
     return RawCloud(header, height, width, fields, is_bigendian, point_step, row_step, points, is_dense)
+
+
+class CdrWriter:
+    """Plain little-endian CDR (XCDR1, as rmw_fastrtps sends) built field by field: primitives aligned to their
+    size from the end of the encapsulation header, strings with their NUL, sequences with a uint32 count."""
+
+    def __init__(self) -> None:
+        self.out = bytearray(b"\x00\x01\x00\x00")
+
+    def _align(self, size: int) -> None:
+        self.out += bytes(-(len(self.out) - ENCAPSULATION_BYTES) % size)
+
+    def uint32(self, value: int) -> None:
+        self._align(4)
+        self.out += struct.pack("<I", value)
+
+    def int32(self, value: int) -> None:
+        self._align(4)
+        self.out += struct.pack("<i", value)
+
+    def boolean(self, value: bool) -> None:
+        self.out.append(1 if value else 0)
+
+    def string(self, value: str) -> None:
+        data = value.encode("utf-8")
+        self.uint32(len(data) + 1)
+        self.out += data + b"\x00"
+
+    def float64s(self, values: bytes) -> None:
+        """Packed little-endian float64 values (already in the message's field order)."""
+        self._align(8)
+        self.out += values
+
+    def float32s(self, values: bytes) -> None:
+        self._align(4)
+        self.out += values
+
+    def header(self, sec: int, nanosec: int, frame_id: str) -> None:
+        self.int32(sec)
+        self.uint32(nanosec)
+        self.string(frame_id)
+
+    def bytes(self) -> bytes:
+        return bytes(self.out)

@@ -37,7 +37,7 @@ from kp3d_ros.ros.cdr import RawCloud, read_pointcloud2
 from kp3d_ros.ros.dds import use_large_message_profile
 from kp3d_ros.ros.diagnostics import NodeStats, diagnostic_array
 from kp3d_ros.ros.health import assess
-from kp3d_ros.ros.markers import skeleton_markers
+from kp3d_ros.ros.markers import markers_cdr_matches, skeleton_markers, skeleton_markers_cdr
 from kp3d_ros.ros.memory import return_large_allocations
 from kp3d_ros.ros.overlay import OverlayError, overlay_image
 from kp3d_ros.ros.pointcloud2 import array_to_cloud, cloud_to_xyz
@@ -136,6 +136,7 @@ class Kp3dNode(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._inputs: list[Any] = []  # subscriptions, while active
         self._outputs: dict[str, Any] = {}  # lifecycle publishers, while configured
+        self._markers_as_bytes = False  # set at configure (markers_cdr_matches)
         self._active = False
         self._active_since: float | None = None
         self.vision_msgs = optional_messages("vision_msgs", "Detection3DArray")
@@ -277,6 +278,9 @@ class Kp3dNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _create_outputs(self, params: dict[str, Any]) -> None:
+        # Skeleton markers go out as CDR bytes written from the arrays (0.3 against 1.5 ms for 5 people) where this
+        # distribution's Marker reads them back as the message objects would be; otherwise as message objects.
+        self._markers_as_bytes = markers_cdr_matches()
         publish = self.create_lifecycle_publisher
         self._outputs = {
             "skeletons": publish(MarkerArray, "~/skeletons", output_qos()),
@@ -465,7 +469,8 @@ class Kp3dNode(LifecycleNode):
         result = self.pipeline.process(xyz, _stamp_ns(msg.header))
         people = [(p.track_id, p.joints) for p in result.people]
         out = self._outputs
-        out["skeletons"].publish(skeleton_markers(msg.header, people))
+        out["skeletons"].publish(skeleton_markers_cdr(msg.header, people) if self._markers_as_bytes
+                                 else skeleton_markers(msg.header, people))
         end_to_end_ms = (time.monotonic_ns() - arrival_ns) / 1e6
         keypoints = layouts.keypoints_array([(p.track_id, p.joints, p.confidence) for p in result.people])
         out["keypoints"].publish(array_to_cloud(keypoints, msg.header))
@@ -520,6 +525,7 @@ class Kp3dNode(LifecycleNode):
         extra: dict[str, Any] = {"lifecycle_state": state, "configure_error": self.configure_error,
                                  "backend": self.backend_name(), "backend_reason": self.backend_reason(),
                                  "engine_state": self.engine_state, **self._standard_outputs(),
+                                 "skeleton_markers": "CDR bytes" if self._markers_as_bytes else "message objects",
                                  "seconds_active": 0.0 if self._active_since is None else
                                  time.monotonic() - self._active_since}
         if self.adapter is not None:
