@@ -66,7 +66,7 @@ def domain_rows(name: str, root: str, candidates: dict[str, torch.nn.Module], cf
     weights = losses.LossWeights.from_dict(cfg["loss"])
     rows = []
     for label, model in candidates.items():
-        geometric, joints = label_free.geometric_signals(model, crops, track_of, num_points)
+        geometric, joints, _ = label_free.geometric_signals(model, crops, track_of, num_points)
         objective = stage2.Stage2Objective(model, source, weights, cfg["seg_target"], float(cfg["confidence"]))
         rng = np.random.default_rng(0)
         with torch.no_grad():

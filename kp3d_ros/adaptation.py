@@ -19,7 +19,8 @@ drift that passes every step-to-step check is caught against the fixed reference
 rolls the model back to the last good weights (a rollback). A candidate that passes these guards goes
 into the backend only when it is below both the source model and the weights in use on every label-free
 signal of Stage II's selection (``train.signals``: augmentation gap, bone jitter, left/right mismatch on the
-held-back pairs; ``adaptation.deploy_on_signals``); otherwise it is held: training goes on from it and the
+held-back pairs; ``adaptation.deploy_on_signals``), its augmentation gap clearly below the source's (by two
+standard errors of the paired per-crop difference); otherwise it is held: training goes on from it and the
 backend keeps its weights. The held-back loss alone falls for any adapted weights (it is what they
 minimise), so it cannot tell a better model from a worse one. Accepted weights are saved to
 ``adaptation.checkpoint_dir`` when it is set.
@@ -266,8 +267,10 @@ class OnlineAdapter:
             self._stats["last_loss"] = float(total.detach())
         return True
 
-    def score(self, pairs: list[PairSample]) -> dict[str, float]:
-        """Stage II loss and skeleton plausibility of the current weights on held-back pairs."""
+    def score(self, pairs: list[PairSample]) -> dict[str, Any]:
+        """Stage II loss and skeleton plausibility of the current weights on held-back pairs; with
+        adaptation.deploy_on_signals also the label-free signals (``signal_*``) and each crop's augmentation
+        gap (``gaps``, for the paired comparison with the source)."""
         prepared = collate_pairs(pairs, self.num_points, np.random.default_rng(0))
         self.model.eval()
         with torch.no_grad():
@@ -277,16 +280,17 @@ class OnlineAdapter:
         out.update(losses.skeleton_plausibility(keypoints))
         out["finite"] = float(torch.isfinite(keypoints).all())
         if self.params.get("adaptation.deploy_on_signals", True) and out["finite"]:
-            geometric, _ = label_free.geometric_signals(self.model, [p.src for p in pairs],
-                                                        np.array([p.track for p in pairs]), self.num_points)
+            geometric, _, gaps = label_free.geometric_signals(self.model, [p.src for p in pairs],
+                                                              np.array([p.track for p in pairs]), self.num_points)
             out.update({f"signal_{k}": v for k, v in geometric.items()})
+            out["gaps"] = gaps
         return out
 
     @staticmethod
-    def _signals(scores: dict[str, float]) -> dict[str, float]:
+    def _signals(scores: dict[str, Any]) -> dict[str, float]:
         return {k: v for k, v in scores.items() if k.startswith("signal_")}
 
-    def _acceptable(self, candidate: dict[str, float], good: dict[str, float],
+    def _acceptable(self, candidate: dict[str, Any], good: dict[str, Any],
                     loss_tolerance: float = LOSS_TOLERANCE) -> tuple[bool, str]:
         """Whether `candidate`'s scores are no worse than the reference `good` by more than the tolerances."""
         if not candidate["finite"] or not np.isfinite(candidate["loss"]):
@@ -299,7 +303,7 @@ class OnlineAdapter:
             return False, f"held-back loss {candidate['loss']:.4g} > {good['loss']:.4g}"
         return True, "ok"
 
-    def _scored(self, state: dict, held: list[PairSample]) -> dict[str, float]:
+    def _scored(self, state: dict, held: list[PairSample]) -> dict[str, Any]:
         self.model.load_state_dict(state)
         return self.score(held)
 
@@ -340,6 +344,8 @@ class OnlineAdapter:
             # Deploy only what every label-free signal says is better than both the source and the weights in use;
             # otherwise hold: training goes on from the current weights, the backend keeps its own.
             worse = selection.not_below(self._signals(candidate), self._signals(source))
+            if "signal_augment_gap" not in worse and not label_free.clearly_lower(candidate["gaps"], source["gaps"]):
+                worse.append("signal_augment_gap (not clearly: paired per crop, 2 standard errors)")
             worse += [] if on_source else [k for k in selection.not_below(self._signals(candidate), self._signals(good))
                                            if k not in worse]
             if worse:

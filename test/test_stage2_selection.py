@@ -5,6 +5,7 @@ signals (train.selection), and an implausible bone calibration is skipped with a
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,3 +130,13 @@ def test_not_below_lists_every_signal_that_is_not_strictly_lower():
 def test_choose_takes_the_last_round_without_held_back_pairs():
     name, why = selection.choose({"source": {}, "round1": {}})
     assert name == "round1" and "no held-back pairs" in why
+
+
+def test_clearly_lower_needs_a_paired_difference_beyond_two_standard_errors():
+    from kp3d_ros.train.signals import clearly_lower
+
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(2, 6, 32)
+    assert clearly_lower(reference - 0.5 + rng.normal(0, 0.1, 32), reference)  # lower on almost every crop
+    assert not clearly_lower(reference + rng.normal(0, 1.0, 32) - 0.05, reference)  # lower on average, by noise
+    assert not clearly_lower(reference, reference) and not clearly_lower(reference[:1] - 1, reference[:1])

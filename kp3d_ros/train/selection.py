@@ -53,7 +53,7 @@ def candidate_signals(model: torch.nn.Module, source_state: dict, cfg: dict, val
         values = [float(objective(p.batch)[0]) for p in val_prepared]
     share: dict[str, float] = {}
     if values:
-        geometric, _ = label_free.geometric_signals(model, val_crops, val_track_ids, int(cfg["num_points"]))
+        geometric, _, _ = label_free.geometric_signals(model, val_crops, val_track_ids, int(cfg["num_points"]))
         share = {"stage2_loss": float(np.mean(values))} | {k: v for k, v in geometric.items() if np.isfinite(v)}
     combined = combine_validation(ranks.gathered((len(val_crops), share)))
     return {k: v for k, v in combined.items() if k in CRITERIA}

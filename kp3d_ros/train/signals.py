@@ -50,16 +50,27 @@ def bone_jitter(joints: np.ndarray, tracks: np.ndarray) -> float:
 
 
 def geometric_signals(model: torch.nn.Module, crops: list[np.ndarray], tracks: np.ndarray,
-                      num_points: int) -> tuple[dict[str, float], np.ndarray]:
-    """The three label-free signals of `model` on `crops` (tracks: each crop's track id), and the joints
-    of the first subsampling (N, J, 3) for callers that also compare models or score against labels."""
+                      num_points: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """The three label-free signals of `model` on `crops` (tracks: each crop's track id); the joints of the
+    first subsampling (N, J, 3), for callers that also compare models or score against labels; and each
+    crop's own augmentation gap (N,) in cm, for paired comparisons of two models on the same crops."""
     if not crops:
-        return {name: float("nan") for name in GEOMETRIC}, np.zeros((0, 0, 3), np.float32)
+        return {name: float("nan") for name in GEOMETRIC}, np.zeros((0, 0, 3), np.float32), np.zeros(0)
     joints = predict_joints(model, crops, num_points, SUBSAMPLING_SEEDS[0])
     again = predict_joints(model, crops, num_points, SUBSAMPLING_SEEDS[1])
+    gaps = np.linalg.norm(joints - again, axis=-1).mean(1) * 100
     plausibility = losses.skeleton_plausibility(torch.from_numpy(joints.astype(np.float32)))
     return {
-        "augment_gap": float(np.linalg.norm(joints - again, axis=-1).mean() * 100),
+        "augment_gap": float(gaps.mean()),
         "bone_jitter": bone_jitter(joints, np.asarray(tracks)),
         "left_right": plausibility["left_right_mismatch"],
-    }, joints
+    }, joints, gaps
+
+
+def clearly_lower(candidate: np.ndarray, reference: np.ndarray, standard_errors: float = 2.0) -> bool:
+    """Whether per-item values of a candidate (N,) are lower than a reference's on the same items by more than
+    `standard_errors` standard errors of the paired mean difference (about 97.5 % one-sided at 2)."""
+    difference = np.asarray(candidate, np.float64) - np.asarray(reference, np.float64)
+    if len(difference) < 2 or not np.isfinite(difference).all():
+        return False
+    return bool(difference.mean() + standard_errors * difference.std(ddof=1) / np.sqrt(len(difference)) < 0)
