@@ -346,8 +346,7 @@ class OnlineAdapter:
             worse = selection.not_below(self._signals(candidate), self._signals(source))
             if "signal_augment_gap" not in worse and not label_free.clearly_lower(candidate["gaps"], source["gaps"]):
                 worse.append("signal_augment_gap (not clearly: paired per crop, 2 standard errors)")
-            worse += [] if on_source else [k for k in selection.not_below(self._signals(candidate), self._signals(good))
-                                           if k not in worse]
+            worse += [k for k in selection.not_below(self._signals(candidate), self._signals(good)) if k not in worse]
             if worse:
                 self.model.load_state_dict(current_state)  # scoring loaded the source's and good weights
                 with self._lock:

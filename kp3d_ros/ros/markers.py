@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -112,7 +113,7 @@ def _write_marker(w: CdrWriter, header: Header, namespace: str, marker_id: int, 
 
 def skeleton_markers_cdr(header: Header, people: Sequence[tuple[int, np.ndarray]], lifetime_s: float = 0.0) -> bytes:
     """skeleton_markers(header, people, lifetime_s) serialized (plain little-endian CDR), built from the arrays
-    directly; its bytes equal rclpy's serialization where Marker has Jazzy's fields (``markers_cdr_matches``)."""
+    directly; rclpy reads them back as that message where Marker has Jazzy's fields (``markers_cdr_matches``)."""
     visible = [(int(t), np.asarray(j)) for t, j in people if np.isfinite(j).all()]
     w = CdrWriter()
     w.uint32(1 + 3 * len(visible))
@@ -132,10 +133,11 @@ def skeleton_markers_cdr(header: Header, people: Sequence[tuple[int, np.ndarray]
     return w.bytes()
 
 
+@functools.cache
 def markers_cdr_matches() -> bool:
     """Whether rclpy reads skeleton_markers_cdr's bytes back as the message skeleton_markers builds, for this
     distribution's Marker (field order and alignment; CDR padding bytes are not compared: rclpy leaves them
-    uninitialised), on a sample of two people; the node publishes the bytes only then."""
+    uninitialised), on a sample of two people, once per process; the node publishes the bytes only then."""
     from rclpy.serialization import deserialize_message
 
     header = Header(frame_id="lidar")

@@ -279,7 +279,7 @@ class Kp3dNode(LifecycleNode):
 
     def _create_outputs(self, params: dict[str, Any]) -> None:
         # Skeleton markers go out as CDR bytes written from the arrays (0.3 against 1.5 ms for 5 people) where this
-        # distribution's Marker reads them back as the message objects would be; otherwise as message objects.
+        # distribution's Marker reads them back as the message objects would be (checked once per process).
         self._markers_as_bytes = markers_cdr_matches()
         publish = self.create_lifecycle_publisher
         self._outputs = {
