@@ -98,7 +98,9 @@ def test_every_overlay_is_within_the_offset_of_its_cloud(bag):
         for n in nodes:
             executor.add_node(n)
         spinner.start()
-        player = BagPlayer(replay, bag, rate=0.5, clock=True, topics=TOPICS, start_delay=0.3)
+        # a quarter of real time: the test is about pairing, and clouds dropped for a busy CI machine would leave
+        # too few to check it (CI once processed 5 of 20 at half speed)
+        player = BagPlayer(replay, bag, rate=0.25, clock=True, topics=TOPICS, start_delay=0.3)
         assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in player.publishers.values()))
         assert wait_until(lambda: probe.count_publishers("/kp3d_node/overlay") == 1)
         time.sleep(0.5)
@@ -124,7 +126,9 @@ def test_every_overlay_is_within_the_offset_of_its_cloud(bag):
     print(f"processed {stats['clouds_processed']} of {len(cloud_stamps)} clouds: {stats['overlays_published']} "
           f"overlays, {stats['overlay_skipped_no_image_in_time']} without an image in time, largest offset "
           f"{stats['overlay_offset_max_ms']:.1f} ms")
-    assert stats["clouds_processed"] >= 10 and len(processed) == stats["clouds_processed"], malformed
+    assert stats["clouds_processed"] >= 10 and len(processed) == stats["clouds_processed"], {
+        key: stats[key] for key in ("clouds_received", "clouds_dropped_newer_arrived", "clouds_lost_before_callback",
+                                    "clouds_malformed", "latency_end_to_end_p99_ms")}
     assert not malformed, malformed
     assert stats["overlays_published"] >= 1 and stats["overlay_skipped_no_image_in_time"] >= 1
     assert set(overlays) <= set(image_stamps)

@@ -10,6 +10,7 @@ The CUDA path has never run: no GPU machine has been lent to this project.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -130,5 +131,9 @@ def process_group(device: torch.device = CPU) -> Iterator[Ranks]:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     try:
         yield Ranks(dist.get_rank(), dist.get_world_size(), device)
+        dist.barrier()  # no rank tears its connections down while a peer still talks to it
     finally:
+        # DistributedDataParallel wrappers left in reference cycles hold the group: freed at interpreter exit,
+        # its worker threads could end the process with SIGABRT ("terminate called without an active exception").
+        gc.collect()
         dist.destroy_process_group()
