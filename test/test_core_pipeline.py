@@ -230,3 +230,16 @@ def test_averaged_body_share_rejects_flickering_clutter_without_delaying_people(
     assert accepted == [[1]] * 6  # the clutter track never, the person in every frame, the first included
     pipeline.params["detection.body_share_smoothing"] = 0.0
     assert list(pipeline._confirmed_by_network(crops, [labelled(0.9), labelled(0.7)], mask)) == [0]
+
+
+def test_pipeline_limits_numpy_blas_threads():
+    """cpu.blas_threads caps every loaded BLAS library (the default 1: small products, no oversubscription)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    model = _model_or_skip()
+    params = {**defaults(), "network.backend": "onnxruntime", "network.model_path": str(model), "network.threads": 1}
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):  # restored afterwards for the other tests
+        PerceptionPipeline.from_params({**params, "cpu.blas_threads": 1})
+        blas = [info for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+        assert blas and all(info["num_threads"] == 1 for info in blas)
+        PerceptionPipeline.from_params({**params, "cpu.blas_threads": 0})  # 0 leaves the limit as it was
+        assert all(info["num_threads"] == 1 for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas")

@@ -100,6 +100,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       "without subscribing. With backend onnxruntime or torch, or auto without TensorRT and a GPU, there is "
       "nothing to build: the node says so and exits with code 0; a failed build exits non-zero.", read_only=True),
     P("network.threads", 2, "CPU threads for ONNX Runtime / torch.", 1, 64, read_only=True),
+    P("cpu.blas_threads", 1, "Threads numpy's BLAS may use in this process (0: the library's default, one per "
+      "core). The pipeline's matrix products are small: more BLAS threads only compete with ONNX Runtime and "
+      "DDS for the cores.", 0, 64, read_only=True),
     # Scene flow
     P("flow.enabled", True, "Estimate per-track scene flow between consecutive frames."),
     P("flow.iterations", 5, "Iterations of the real-time flow estimator.", 1, 50),

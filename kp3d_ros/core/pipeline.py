@@ -21,6 +21,7 @@ from scipy.spatial import cKDTree
 
 from kp3d_ros.backends.base import Backend
 from kp3d_ros.core import crop as crop_def
+from kp3d_ros.core.blas import limit_blas_threads
 from kp3d_ros.core.candidates import find_candidates
 from kp3d_ros.core.cloud_layout import CloudError
 from kp3d_ros.core.ground import GroundSegmentation, segment_ground
@@ -123,6 +124,7 @@ class PerceptionPipeline:
         if backend is None:
             raise RuntimeError(f"no inference backend could be created: {reason}")
         (logger or _log).info(f"backend: {backend.name} ({reason})")
+        (logger or _log).info(limit_blas_threads(params["cpu.blas_threads"]))
         pipeline = cls(params, backend, make_flow_estimator(params))
         pipeline.backend_reason = reason
         return pipeline
