@@ -243,3 +243,20 @@ def test_pipeline_limits_numpy_blas_threads():
         assert blas and all(info["num_threads"] == 1 for info in blas)
         PerceptionPipeline.from_params({**params, "cpu.blas_threads": 0})  # 0 leaves the limit as it was
         assert all(info["num_threads"] == 1 for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas")
+
+
+def test_rejected_clutter_is_checked_again_as_soon_as_its_shape_changes():
+    """A rejected track skipped between its rechecks goes through the network in the frame its cluster grows
+    (someone stands up beside a bin), not only at its next periodic recheck; one voxel of width flicker is not
+    a change."""
+    pipeline = PerceptionPipeline.from_params({**defaults(), "network.backend": "onnxruntime",
+                                               "network.model_path": str(_model_or_skip()),
+                                               "detection.recheck_interval": 50})
+    skip = PerceptionPipeline.REJECTIONS_TO_SKIP
+    bin_shape = np.array([0.9, 0.6, 120.0])
+    pipeline._rejections = {7: skip}
+    pipeline._checked_shapes = {7: bin_shape}
+    assert pipeline._worth_checking([7], bin_shape[None]) == []  # off its phase and unchanged
+    assert pipeline._worth_checking([7], (bin_shape + np.array([0.0, 0.2, 10.0]))[None]) == []  # flicker
+    assert pipeline._worth_checking([7], (bin_shape + np.array([0.8, 0.2, 90.0]))[None]) == [0]  # a person beside it
+    assert pipeline._worth_checking([7], np.full((1, 3), np.nan)) == []  # unmatched this frame: no shape

@@ -75,9 +75,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     P("detection.body_core_radius", 0.5,
       "Radius (m) around a track's axis of the crop points that decide detection.min_body_share (farther ones, "
       "such as a car beside the person, are rightly background).", 0.1, 2.0),
-    P("detection.recheck_interval", 5,
-      "A track the network rejected in 3 frames in a row (static clutter) goes through the network again only every "
-      "this many frames; 1 checks every track in every frame.", 1, 100),
+    P("detection.recheck_interval", 10,
+      "A track the network rejected in 3 frames in a row (static clutter) goes through the network again only when "
+      "its cluster's height, width or points change, or else every this many frames; 1 checks every track in every "
+      "frame.", 1, 100),
     P("crop.include_ground", True,
       "Person crops take ground points too (feet and some ground, like the training crops); false: non-ground only."),
     # Tracking
