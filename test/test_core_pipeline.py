@@ -260,3 +260,24 @@ def test_rejected_clutter_is_checked_again_as_soon_as_its_shape_changes():
     assert pipeline._worth_checking([7], (bin_shape + np.array([0.0, 0.2, 10.0]))[None]) == []  # flicker
     assert pipeline._worth_checking([7], (bin_shape + np.array([0.8, 0.2, 90.0]))[None]) == [0]  # a person beside it
     assert pipeline._worth_checking([7], np.full((1, 3), np.nan)) == []  # unmatched this frame: no shape
+
+
+def test_concurrent_flow_gives_the_sequential_result(frames):
+    """flow.concurrent starts the flow of last frame's people while the network runs: the same flows as one
+    after the other (the same subsets are drawn in the same order once every person was a person before)."""
+    model = _model_or_skip()
+    params = {**defaults(), "network.backend": "onnxruntime", "network.model_path": str(model),
+              "network.threads": 1, "detection.min_body_share": 0.0}
+    results = {}
+    for concurrent in (False, True):
+        pipeline = PerceptionPipeline.from_params({**params, "flow.concurrent": concurrent})
+        results[concurrent] = [pipeline.process(points, stamp) for stamp, points in frames]
+    flows = 0
+    for sequential, parallel in zip(results[False], results[True], strict=True):
+        assert [p.track_id for p in sequential.people] == [p.track_id for p in parallel.people]
+        for a, b in zip(sequential.people, parallel.people, strict=True):
+            assert (a.flow is None) == (b.flow is None)
+            if a.flow is not None:
+                np.testing.assert_allclose(a.flow, b.flow, atol=1e-6)
+                flows += 1
+    assert flows >= 6  # three people with flow in at least two frames

@@ -106,6 +106,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       "DDS for the cores.", 0, 64, read_only=True),
     # Scene flow
     P("flow.enabled", True, "Estimate per-track scene flow between consecutive frames."),
+    P("flow.concurrent", True, "Estimate the flow of the tracks that were people in the previous frame on a second "
+      "thread while the network runs (the network releases Python's lock); false: one after the other."),
     P("flow.iterations", 5, "Iterations of the real-time flow estimator.", 1, 50),
     P("flow.max_points", 128, "Points per track given to the flow estimator (a random subset of the person's "
       "non-ground crop points); every crop point takes the flow of its nearest subset point.", 16, 100000),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,8 @@ class PerceptionPipeline:
         self.backend_reason = "" if backend is None else f"{backend.name} (given)"
         self.last_timings_ms: dict[str, float] = {}
         self._rng = np.random.default_rng(seed)
+        self._flow_rng = np.random.default_rng(seed + 1)  # flow's subsets: drawn on the flow thread
+        self._flow_thread: ThreadPoolExecutor | None = None
         self._previous_crops: dict[int, np.ndarray] = {}
         self._previous_people: dict[int, np.ndarray] = {}  # per track: the points flow was estimated on
         self._rejections: dict[int, int] = {}  # per track: frames in a row the network rejected (or skipped) it
@@ -139,6 +142,12 @@ class PerceptionPipeline:
         self.smoother.alpha = float(self.params["smoothing.alpha"])
         if "flow.iterations" in changes and self.flow_estimator is not None:
             self.flow_estimator.iterations = int(self.params["flow.iterations"])
+
+    def close(self) -> None:
+        """Stop the flow thread (flow.concurrent); process() starts it again if called later."""
+        if self._flow_thread is not None:
+            self._flow_thread.shutdown(wait=True)
+            self._flow_thread = None
 
     def reset(self) -> None:
         """Forget tracks, smoothing state and previous crops (e.g. when a bag loops)."""
@@ -258,13 +267,15 @@ class PerceptionPipeline:
         state = self._detect_and_track(points, int(stamp_ns), timings, only_worth_checking=True)
         t = time.perf_counter()
         crops, masks = state.crops, state.person_masks
+        previous, self._previous_people = self._previous_people, {}
+        early = self._flow_early(crops, masks, previous, state.dt)
         joints, confidence, parts = self._network([c.points for c in crops])
         keep = self._confirmed_by_network(crops, parts, masks)
         self._count_rejections(crops, keep)
         crops = [crops[i] for i in keep]
         joints, confidence, parts = joints[keep], confidence[keep], [parts[i] for i in keep]
         t = _lap(timings, "network", t)
-        flows = self._flows(crops, [masks[i] for i in keep], state.dt)
+        flows = self._flows(crops, [masks[i] for i in keep], previous, state.dt, early)
         t = _lap(timings, "flow", t)
         people = []
         smooth = self.params["smoothing.enabled"]
@@ -352,33 +363,60 @@ class PerceptionPipeline:
         self._rejections = {k: v for k, v in self._rejections.items() if k in alive}
         self._checked_shapes = {k: v for k, v in self._checked_shapes.items() if k in alive}
 
-    def _flows(self, crops: list[TrackedCrop], person_masks: list[np.ndarray], dt: float) -> list[np.ndarray | None]:
-        """Per crop point, its motion since the previous frame (m per frame; None for a track's first crop).
+    def _flow_early(self, crops: list[TrackedCrop], person_masks: list[np.ndarray], previous: dict[int, np.ndarray],
+                    dt: float) -> Future | None:
+        """With flow.concurrent: start the flow of the tracks that were people in the previous frame on the
+        flow thread, to run while the network does (ONNX Runtime and TensorRT release the GIL)."""
+        if not self._flow_on() or not self.params["flow.concurrent"]:
+            return None
+        likely = [(c, m) for c, m in zip(crops, person_masks, strict=True) if c.track_id in previous]
+        if not likely:
+            return None
+        if self._flow_thread is None:
+            self._flow_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kp3d_flow")
+        return self._flow_thread.submit(self._track_flows, likely, previous, dt)
+
+    def _flow_on(self) -> bool:
+        return self.flow_estimator is not None and bool(self.params["flow.enabled"])
+
+    def _flows(self, crops: list[TrackedCrop], person_masks: list[np.ndarray], previous: dict[int, np.ndarray],
+               dt: float, early: Future | None = None) -> list[np.ndarray | None]:
+        """Per crop point, its motion since the previous frame (m per frame; None for a track's first crop):
+        the early flows (_flow_early) of the crops the network kept, and the rest estimated now."""
+        if not self._flow_on():
+            return [None] * len(crops)
+        solved = early.result() if early is not None else {}  # its exceptions are raised here, as if sequential
+        rest = [(c, m) for c, m in zip(crops, person_masks, strict=True) if c.track_id not in solved]
+        if rest:
+            solved.update(self._track_flows(rest, previous, dt))
+        self._previous_people = {c.track_id: solved[c.track_id][0] for c in crops}
+        return [solved[c.track_id][1] for c in crops]
+
+    def _track_flows(self, crops: list[tuple[TrackedCrop, np.ndarray]], previous: dict[int, np.ndarray],
+                     dt: float) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+        """Per track: (the person points flow is estimated on now, the motion of each crop point or None).
 
         The estimator gets at most flow.max_points of the person's (non-ground) points now and in the
         previous frame; it returns their backward flow, whose negative is their motion. Every crop
         point then takes the motion of its nearest estimated point.
         """
-        previous, self._previous_people = self._previous_people, {}
-        if self.flow_estimator is None or not self.params["flow.enabled"]:
-            return [None] * len(crops)
         limit = self.params["flow.max_points"]
-        flows: list[np.ndarray | None] = [None] * len(crops)
+        out: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         pairs, solved = [], []
-        for i, (c, person) in enumerate(zip(crops, person_masks, strict=True)):
+        for c, person in crops:
             now = c.points[person]
             if len(now) > limit:
-                now = now[self._rng.choice(len(now), limit, replace=False)]
-            self._previous_people[c.track_id] = now
+                now = now[self._flow_rng.choice(len(now), limit, replace=False)]
+            out[c.track_id] = (now, None)
             before = previous.get(c.track_id)
             if before is not None:
                 pairs.append((now, before, -c.velocity * dt))
-                solved.append(i)
+                solved.append(c)
         # all people in one batched call: backward flow (now -> before), whose negative is the motion
-        for i, backward, (now, _, _) in zip(solved, self.flow_estimator.estimate_many(pairs), pairs, strict=True):
-            _, nearest = cKDTree(now).query(crops[i].points, k=1)
-            flows[i] = -backward[nearest]
-        return flows
+        for c, backward, (now, _, _) in zip(solved, self.flow_estimator.estimate_many(pairs), pairs, strict=True):
+            _, nearest = cKDTree(now).query(c.points, k=1)
+            out[c.track_id] = (now, -backward[nearest])
+        return out
 
 
 def make_flow_estimator(params: dict[str, Any]) -> Any:

@@ -354,6 +354,8 @@ class Kp3dNode(LifecycleNode):
         self._outputs, self._sync, self._camera_info = {}, None, None
         if self.adapter is not None:
             self.adapter.close()
+        if self.pipeline is not None:
+            self.pipeline.close()
         self.pipeline, self.adapter, self.params, self.build_only = None, None, None, False
         self.engine_state = "not loaded"
         gc.unfreeze()
