@@ -153,10 +153,11 @@ def test_tracks_the_network_keeps_rejecting_are_only_rechecked(frames):
         pipeline._count_rejections(went, np.array([i for i, c in enumerate(went) if c is person]))
         if frame == 9:  # the clutter track looks like a person once: checked every frame again
             pipeline._count_rejections([clutter], np.array([0]))
-    assert checked_frames[:3] == [True] * 3  # three rejections, then every 4th frame in the track's phase
-    later = [f for f in range(3, 10) if checked_frames[f]]
-    assert later and later[0] < 3 + 4 and all(b - a == 4 for a, b in itertools.pairwise(later))
-    assert len(later) == (2 if later[0] < 6 else 1)
+    # three rejections, once more right after them, then every 4th frame in the track's phase
+    assert checked_frames[:4] == [True] * 4
+    later = [f for f in range(5, 10) if checked_frames[f]]
+    assert later and later[0] < 4 + 4 and all(b - a == 4 for a, b in itertools.pairwise(later))
+    assert not any(checked_frames[4:later[0]])
     assert checked_frames[10:] == [True, True]
 
 
@@ -170,7 +171,7 @@ def test_rechecks_of_static_clutter_are_spread_over_the_frames():
                                                "detection.recheck_interval": 4})
     crops = [TrackedCrop(k, np.zeros((30, 3), np.float32), np.zeros(3, np.float32), None, np.zeros(3, np.float32))
              for k in range(1, 9)]
-    pipeline._rejections = dict.fromkeys(range(1, 9), PerceptionPipeline.REJECTIONS_TO_SKIP)
+    pipeline._rejections = dict.fromkeys(range(1, 9), PerceptionPipeline.REJECTIONS_TO_SKIP + 1)  # past the first
     seen = {k: [] for k in range(1, 9)}
     for frame in range(12):
         checked = pipeline._worth_checking([c.track_id for c in crops])
@@ -254,7 +255,7 @@ def test_rejected_clutter_is_checked_again_as_soon_as_its_shape_changes():
                                                "detection.recheck_interval": 50})
     skip = PerceptionPipeline.REJECTIONS_TO_SKIP
     bin_shape = np.array([0.9, 0.6, 120.0])
-    pipeline._rejections = {7: skip}
+    pipeline._rejections = {7: skip + 2}  # past the recheck right after the third rejection, off its phase (7+2)%50
     pipeline._checked_shapes = {7: bin_shape}
     assert pipeline._worth_checking([7], bin_shape[None]) == []  # off its phase and unchanged
     assert pipeline._worth_checking([7], (bin_shape + np.array([0.0, 0.2, 10.0]))[None]) == []  # flicker
