@@ -3,7 +3,7 @@
 The pipeline's matrix products are small (per-patch moments, nearest-point distances): a second BLAS thread
 cannot speed them up, but OpenBLAS's threads wake, spin and compete for the cores that ONNX Runtime, the DDS
 threads and the node's worker need. Measured on this project's 2-core CPU with one other busy process: the
-core pipeline took 72 ms per soak frame with 2 BLAS threads and 38 ms with 1 (benchmarks/results/node.md).
+core pipeline took 72 ms per soak frame with 2 BLAS threads and 38 ms with 1 (commit be754a8; README, install notes).
 The limit uses threadpoolctl (in requirements.txt); without it the library default stays and the reason says so.
 """
 
