@@ -10,6 +10,10 @@ the node's own measure: cloud arrival in the subscription callback -> skeleton m
 With --lifecycle-manager the node starts unconfigured and a client node in this process configures and
 activates it through its lifecycle services (as a lifecycle manager would); --cycle S also deactivates
 and re-activates it through them every S seconds during the soak (frames are timed while active).
+With --alternate NAME --block S a boolean node parameter is flipped every S seconds (starting from its
+configured value) through the node's parameter interface, so that two settings are measured side by side in
+one run under the same machine load, e.g. `--set adaptation.enabled=true --alternate adaptation.paused`:
+the adapter's cost on perception. Frames finished in the first --settle seconds of each block are left out.
 Prints a markdown row and the per-stage medians; --json writes everything.
 """
 
@@ -75,6 +79,10 @@ def main() -> int:
                         help="start the node unconfigured; configure and activate it through its lifecycle services")
     parser.add_argument("--cycle", type=float, default=0.0,
                         help="with --lifecycle-manager: deactivate and re-activate every this many seconds")
+    parser.add_argument("--alternate", metavar="NAME", help="a boolean node parameter flipped every --block seconds")
+    parser.add_argument("--block", type=float, default=10.0, help="with --alternate: seconds per block")
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="with --alternate: frames finished this soon after a flip are not counted")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -119,24 +127,42 @@ def main() -> int:
         spin_until(executor, lambda: player.publishers["/points"].get_subscription_count() > 0, 5.0)
         player.start()
     latencies, people, activations = [], [], []  # activations: index of the first frame after each re-activation
+    settings: list[bool | None] = []  # with --alternate: the parameter's value for each frame, None while settling
     seen = 0
+    setting, flipped_at, next_flip, flips = None, 0.0, None, 0
+    if args.alternate:
+        setting = bool(params[args.alternate])
 
     def collect() -> None:
         nonlocal seen
         frames = node.stats.recent_frames()
         new = node.stats.processed - seen
+        settled = setting if time.monotonic() - flipped_at >= args.settle else None
         for _, latency, count in frames[len(frames) - min(new, len(frames)):]:
             latencies.append(latency)
             people.append(count)
+            settings.append(settled)
         seen += new
 
     spin_until(executor, lambda: node.stats.received > 0, 60.0)  # the first cloud starts the clock
     end = time.monotonic() + args.seconds
     if manager is not None and args.cycle > 0:
         next_cycle = time.monotonic() + args.cycle
+    if args.alternate:
+        flipped_at = time.monotonic()
+        next_flip = flipped_at + args.block
     while time.monotonic() < end:
         spin_until(executor, lambda: False, 0.5)
         collect()
+        if next_flip is not None and time.monotonic() >= next_flip:
+            from rclpy.parameter import Parameter
+
+            result = node.set_parameters([Parameter(args.alternate, value=not setting)])[0]
+            if not result.successful:
+                print(f"setting {args.alternate} failed: {result.reason}", file=sys.stderr)
+                return 1
+            setting, flipped_at, flips = not setting, time.monotonic(), flips + 1
+            next_flip = flipped_at + args.block
         if next_cycle is not None and time.monotonic() >= next_cycle:
             if not manager.change("deactivate"):
                 print("a lifecycle cycle failed", file=sys.stderr)
@@ -177,13 +203,32 @@ def main() -> int:
         "first_frame_after_activation": activations,  # indices into latencies_ms
         "stage_median_ms": {k[len("latency_"):-len("_median_ms")]: round(v, 2) for k, v in stats.items()
                             if k.startswith("latency_") and k.endswith("_median_ms")},
+        "node_stats": {k: v for k, v in stats.items() if isinstance(v, int | float | bool | str)},
     }
+    if args.alternate:
+        summary["alternate"] = {"parameter": args.alternate, "block_s": args.block, "settle_s": args.settle,
+                                "flips": flips, "settings": settings}
+        for value in (False, True):
+            part = lat[[s is value for s in settings]] if lat.size else lat
+            if part.size:
+                summary["alternate"][str(value).lower()] = {
+                    "frames": int(part.size), "median_ms": float(np.median(part)),
+                    "p95_ms": float(np.percentile(part, 95)), "p99_ms": float(np.percentile(part, 99)),
+                    "max_ms": float(part.max())}
     print("| replay | seconds | received | processed | dropped | people/frame | e2e median | p90 | p99 | max |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {summary['replay']} | {args.seconds:.0f} | {summary['received']} | {summary['processed']} | "
           f"{summary['dropped_newer_arrived']} | {summary['people_mean']:.1f} | {summary['e2e_median_ms']:.1f} ms | "
           f"{summary['e2e_p90_ms']:.1f} ms | {summary['e2e_p99_ms']:.1f} ms | {summary['e2e_max_ms']:.1f} ms |")
     print("stage medians (ms, last 300 frames):", summary["stage_median_ms"])
+    if args.alternate:
+        print(f"| {args.alternate} | frames | median | p95 | p99 | max |")
+        print("|---|---|---|---|---|---|")
+        for value in ("false", "true"):
+            row = summary["alternate"].get(value)
+            if row:
+                print(f"| {value} | {row['frames']} | {row['median_ms']:.1f} ms | {row['p95_ms']:.1f} ms | "
+                      f"{row['p99_ms']:.1f} ms | {row['max_ms']:.1f} ms |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=1))

@@ -138,7 +138,9 @@ class OnlineAdapter:
 
     # -- perception side (never blocks on learning) ---------------------------------------------
     def submit(self, track_id: int, prev_points: np.ndarray, points: np.ndarray, flow: np.ndarray) -> bool:
-        """Queue one frame pair of a track; False (and counted) when the input is unusable."""
+        """Queue one frame pair of a track; False when adaptation.paused, or (counted) when the input is unusable."""
+        if self.paused:
+            return False
         prev_points, points, flow = np.asarray(prev_points), np.asarray(points), np.asarray(flow)
         if (prev_points.ndim != 2 or points.ndim != 2 or flow.shape != points.shape or points.shape[-1] != 3
                 or prev_points.shape[-1] != 3 or len(prev_points) < MIN_POINTS or len(points) < MIN_POINTS):
@@ -157,10 +159,15 @@ class OnlineAdapter:
             self._wake.set()
         return True
 
+    @property
+    def paused(self) -> bool:
+        """adaptation.paused: no samples are queued and no steps taken; the backend keeps its weights."""
+        return bool(self.params.get("adaptation.paused", False))
+
     def state(self) -> dict:
         """Diagnostics: steps, last loss, swaps, held candidates (passed the guards but not better on every
-        label-free signal), rollbacks, resets to the source, discards (on request), the
-        signal (held-back loss of the last candidate) and the source model's, whether the backend runs the
+        label-free signal), rollbacks, resets to the source, discards (on request), the signal (held-back loss
+        of the last candidate) and the source model's, whether it is paused, whether the backend runs the
         source weights, buffer fill, dropped and rejected samples."""
         with self._lock:
             out = dict(self._stats)
@@ -168,6 +175,7 @@ class OnlineAdapter:
             out["buffer_size"] = self._buffer.maxlen
             out["held_back"] = len(self._holdout)
         out["running"] = self._thread is not None and self._thread.is_alive()
+        out["paused"] = self.paused
         return out
 
     def accepted_state(self) -> dict:
@@ -440,11 +448,12 @@ class OnlineAdapter:
             try:
                 if self._discard_requested.is_set():
                     self._discard_now()
-                while not self._stop.is_set() and not self._discard_requested.is_set() and self.step():
+                while (not self._stop.is_set() and not self._discard_requested.is_set() and not self.paused
+                       and self.step()):
                     self.consider_swap()
                 if self._discard_requested.is_set():
                     self._discard_now()
-                else:
+                elif not self.paused:
                     self.consider_swap()
             except Exception as exc:  # keep perception alive whatever happens here; count and report
                 with self._lock:

@@ -272,6 +272,39 @@ def test_discard_returns_to_the_source_model_and_forgets_the_saved_weights(model
         running.close()
 
 
+def test_paused_queues_nothing_and_takes_no_steps_until_resumed(model_files):
+    """adaptation.paused at run time: submit queues nothing and the thread takes no step, with a full buffer;
+    back to false, the thread goes on from the same weights."""
+    pt, onnx = model_files
+    p = params(**{"adaptation.min_interval_s": 3600.0})
+    running = OnlineAdapter(pt, OnnxRuntimeBackend(onnx, max_batch=4), p, start=True)
+    rng = np.random.default_rng(3)
+    try:
+        for _ in range(10):
+            assert running.submit(*person_pair(rng))
+        deadline = time.monotonic() + 30.0
+        while running.state()["steps"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert running.state()["steps"] > 0
+        running.params = p | {"adaptation.paused": True}  # as the node's parameter callback sets it
+        time.sleep(1.0)  # the current step finishes
+        before = running.state()
+        assert before["paused"] and not running.submit(*person_pair(rng))
+        running._buffer.extend([person_pair(rng)] * 8)  # a full batch waiting: still no step while paused
+        running._wake.set()
+        time.sleep(1.5)
+        after = running.state()
+        assert after["steps"] == before["steps"] and after["buffer"] == before["buffer"] + 8
+        running.params = p
+        running._wake.set()
+        deadline = time.monotonic() + 30.0
+        while running.state()["steps"] == before["steps"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert running.state()["steps"] > before["steps"] and not running.state()["paused"]
+    finally:
+        running.close()
+
+
 def test_a_recipe_adds_its_labelled_anchor_to_every_step(model_files, tmp_path):
     """adaptation.recipe: the Stage II config's loss weights and a labelled Stage I batch in every step."""
     import yaml

@@ -334,7 +334,14 @@ def test_adaptation_state_in_diagnostics_and_discard_service(ros):
         message = next(m for m in probe.diagnostics[count:] if m.status[0].name.startswith("/adapt/"))
         values = {kv.key: kv.value for kv in message.status[0].values}
         assert values["adaptation_running"] == "True" and "adaptation_steps" in values
-        assert values["adaptation_discards"] == "0"
+        assert values["adaptation_discards"] == "0" and values["adaptation_paused"] == "False"
+
+        from rclpy.parameter import Parameter
+
+        assert node.set_parameters([Parameter("adaptation.paused", value=True)])[0].successful
+        assert adapter.paused and adapter.state()["paused"]  # a run-time change reaches the adapter
+        assert node.set_parameters([Parameter("adaptation.paused", value=False)])[0].successful
+        assert not adapter.paused
 
         response = _discard(player_node, "/adapt/kp3d_node")
         assert response.success and "source" in response.message

@@ -133,6 +133,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # Online adaptation
     P("adaptation.enabled", False, "Fine-tune the network online with the unsupervised Stage II losses.",
       read_only=True),
+    P("adaptation.paused", False,
+      "Hold online adaptation at run time: no samples are queued, no steps are taken, and the backend keeps the "
+      "weights it runs (adapted or source); false goes on from there."),
     P("adaptation.learning_rate", 1e-5, "Learning rate of online adaptation.", 1e-8, 1e-2),
     P("adaptation.buffer_size", 256, "Samples (frame pairs per track) kept for adaptation.", 8, 100000,
       read_only=True),
