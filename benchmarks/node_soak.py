@@ -175,6 +175,7 @@ def main() -> int:
             cycles += 1
             next_cycle = time.monotonic() + args.cycle
     stats = node.stats.snapshot()
+    adapter_state = node.adapter.state() if node.adapter is not None else None
     if player is not None:
         player.stop()
     if replay_process is not None:
@@ -204,6 +205,7 @@ def main() -> int:
         "stage_median_ms": {k[len("latency_"):-len("_median_ms")]: round(v, 2) for k, v in stats.items()
                             if k.startswith("latency_") and k.endswith("_median_ms")},
         "node_stats": {k: v for k, v in stats.items() if isinstance(v, int | float | bool | str)},
+        "adapter": adapter_state,
     }
     if args.alternate:
         summary["alternate"] = {"parameter": args.alternate, "block_s": args.block, "settle_s": args.settle,

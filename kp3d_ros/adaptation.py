@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
+from torch.overrides import TorchFunctionMode
 
 from kp3d_ros import losses
 from kp3d_ros.model.checkpoint import load_model, save_checkpoint
@@ -57,6 +58,59 @@ LOSS_TOLERANCE = 1.15  # candidate held-back loss may be at most 15 % above the 
 BONES_TOLERANCE = 0.1  # share of bones in range may drop by at most this much
 MISMATCH_TOLERANCE = 0.1  # left/right mismatch may grow by at most this much
 MIN_POINTS = 10
+MAX_YIELD_S = 0.5  # the adapter waits at most this long for a frame to finish before going on
+
+
+class PerceptionGate:
+    """Lets the adapter's torch work run between frames. The node marks each frame busy, from a cloud's
+    arrival until its outputs are published. Meanwhile the adapter thread waits before every torch operation
+    it calls (a TorchFunctionMode, entered by the thread: modes are per thread) and before the backward through
+    each layer's output (tensor hooks). Separate processes or a lower CPU priority do not do this: a training
+    step beside the node, even at SCHED_IDLE in a process of its own, slowed frames by 12 % on a 2-core machine
+    (benchmarks/results/stage2.md)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled  # false: frames are still marked, nothing waits
+        self._idle = threading.Event()
+        self._idle.set()
+        self.waits = 0
+
+    def frame_started(self) -> None:
+        self._idle.clear()
+
+    def frame_finished(self) -> None:
+        self._idle.set()
+
+    def wait(self) -> None:
+        """Block the calling (adapter) thread while a frame is in progress, at most MAX_YIELD_S."""
+        if self.enabled and not self._idle.is_set():
+            self.waits += 1
+            self._idle.wait(MAX_YIELD_S)
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """Wait before the backward through every layer's output that needs a gradient."""
+        def after_forward(module: torch.nn.Module, args: Any, output: Any) -> None:
+            for tensor in output if isinstance(output, tuple) else (output,):
+                if isinstance(tensor, torch.Tensor) and tensor.requires_grad:
+                    tensor.register_hook(lambda grad: self.wait())
+
+        for module in model.modules():
+            if module is not model:
+                module.register_forward_hook(after_forward)
+
+    def operations(self) -> _WaitBeforeEachOperation:
+        """A context in which every torch operation of this thread first waits for the frame in progress."""
+        return _WaitBeforeEachOperation(self)
+
+
+class _WaitBeforeEachOperation(TorchFunctionMode):
+    def __init__(self, gate: PerceptionGate) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        self.gate.wait()
+        return func(*args, **(kwargs or {}))
 
 
 def _forward_from_backward(src: np.ndarray, dst: np.ndarray, backward: np.ndarray) -> np.ndarray:
@@ -92,6 +146,11 @@ class OnlineAdapter:
             self._anchor = stage2.source_objective(cfg, self.model)
             self._anchor_weight = float(cfg["source"]["weight"])
         self.objective = Stage2Objective(self.model, frozen, weights, seg_target)
+        self.gate = PerceptionGate(bool(params.get("adaptation.yield_to_perception", True)))
+        if self.gate.enabled:
+            for net in (self.model, frozen):
+                if net is not None:
+                    self.gate.attach(net)
         self.optimizer = self._new_optimizer()
         self._source_state = copy.deepcopy(self.model.state_dict())  # frozen: the reference of every guard
         self._good_state = self._source_state
@@ -112,6 +171,9 @@ class OnlineAdapter:
         self._last_swap = time.monotonic()
         self._steps_since_swap = 0
         self._thread: threading.Thread | None = None
+        prepare = getattr(backend, "prepare_weight_updates", None)
+        if prepare is not None:  # now, before the first frame: a weight swap later costs only a new session
+            prepare()
         self._resume_saved()
         if start:
             self._thread = threading.Thread(target=self._run, name="kp3d-adaptation", daemon=True)
@@ -176,6 +238,7 @@ class OnlineAdapter:
             out["held_back"] = len(self._holdout)
         out["running"] = self._thread is not None and self._thread.is_alive()
         out["paused"] = self.paused
+        out["yields"] = self.gate.waits
         return out
 
     def accepted_state(self) -> dict:
@@ -249,6 +312,7 @@ class OnlineAdapter:
         with self._lock:
             if len(self._buffer) < batch_size:
                 return False
+        self.gate.wait()
         pairs = self._take(self._buffer, batch_size, pop=True)
         if not pairs:
             return False
@@ -381,6 +445,7 @@ class OnlineAdapter:
 
     def _push(self, state: dict) -> None:
         """Put `state`'s weights into the inference backend, timed."""
+        self.gate.wait()
         start = time.perf_counter()
         self.backend.update_weights({k: v.detach().clone() for k, v in state.items()})
         with self._lock:
@@ -442,6 +507,10 @@ class OnlineAdapter:
         # lower this thread's priority (Linux: threads are tasks with their own nice value)
         with contextlib.suppress(AttributeError, OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        with self.gate.operations() if self.gate.enabled else contextlib.nullcontext():
+            self._loop()
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(timeout=0.5)
             self._wake.clear()

@@ -305,6 +305,40 @@ def test_paused_queues_nothing_and_takes_no_steps_until_resumed(model_files):
         running.close()
 
 
+def test_the_adapter_thread_waits_while_a_frame_is_in_progress(model_files):
+    """PerceptionGate: between frame_started and frame_finished the adapter's thread takes no step (every torch
+    operation waits); after frame_finished it goes on."""
+    pt, onnx = model_files
+    running = OnlineAdapter(pt, OnnxRuntimeBackend(onnx, max_batch=4), params(), start=True)
+    rng = np.random.default_rng(5)
+    try:
+        running.gate.frame_started()
+        for _ in range(10):
+            assert running.submit(*person_pair(rng))
+        time.sleep(1.5)
+        assert running.state()["steps"] == 0 and running.state()["yields"] > 0
+        running.gate.frame_finished()
+        deadline = time.monotonic() + 30.0
+        while running.state()["steps"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert running.state()["steps"] > 0
+    finally:
+        running.gate.frame_finished()
+        running.close()
+    beside = OnlineAdapter(pt, OnnxRuntimeBackend(onnx, max_batch=4),
+                           params(**{"adaptation.yield_to_perception": False}), start=True)
+    try:  # without yielding, it steps during the frame
+        beside.gate.frame_started()
+        for _ in range(10):
+            assert beside.submit(*person_pair(rng))
+        deadline = time.monotonic() + 30.0
+        while beside.state()["steps"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert beside.state()["steps"] > 0 and beside.state()["yields"] == 0
+    finally:
+        beside.close()
+
+
 def test_a_recipe_adds_its_labelled_anchor_to_every_step(model_files, tmp_path):
     """adaptation.recipe: the Stage II config's loss weights and a labelled Stage I batch in every step."""
     import yaml

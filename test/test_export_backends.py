@@ -89,6 +89,27 @@ def test_update_weights_changes_outputs(exported):
     np.testing.assert_allclose(after, torch_backend.infer(x).keypoints, atol=1e-4)
 
 
+def test_update_weights_puts_any_weights_into_the_same_graph_and_refuses_others(exported):
+    """The weight template takes equal-valued tensors too (a fresh model's LayerNorms, which an export would
+    share as one initializer); wrong names or shapes are a clear error and the running session stays."""
+    _, ckpt, onnx_path = exported
+    ort_backend = OnnxRuntimeBackend(onnx_path, max_batch=2)
+    torch_backend = TorchBackend(ckpt, max_batch=2)
+    x = crops(2, seed=4)
+    torch.manual_seed(1)
+    fresh = build_model({"dim": 32, "depth": 1, "heads": 2}).state_dict()
+    ort_backend.update_weights(fresh)
+    torch_backend.update_weights(fresh)
+    np.testing.assert_allclose(ort_backend.infer(x).keypoints, torch_backend.infer(x).keypoints, atol=1e-4)
+    assert read_metadata(onnx_path)["weights_sha256"] != ort_backend.metadata["weights_sha256"]
+    before = ort_backend.infer(x).keypoints
+    with pytest.raises(ValueError, match="do not match the graph"):
+        ort_backend.update_weights({k: v for k, v in fresh.items() if not k.startswith("embed")})
+    with pytest.raises(ValueError, match="shape"):
+        ort_backend.update_weights({k: (v[:1] if k == "norm.weight" else v) for k, v in fresh.items()})
+    np.testing.assert_array_equal(ort_backend.infer(x).keypoints, before)
+
+
 def test_factory_falls_back_to_onnxruntime_with_a_reason(exported):
     _, _, onnx_path = exported
     backend, reason = create_backend("auto", onnx_path, max_batch=3)

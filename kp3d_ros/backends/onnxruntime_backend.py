@@ -47,6 +47,7 @@ class OnnxRuntimeBackend(Backend):
             raise ValueError("max_batch must be >= 1")
         self.model_path = path
         self._max_batch = int(max_batch)
+        self._weight_template = None  # the graph with unfolded initializers, for update_weights
         self.threads = int(threads)
         self.providers = list(providers) if providers else default_providers()
         try:
@@ -85,20 +86,36 @@ class OnnxRuntimeBackend(Backend):
         keypoints, logits = session.run(list(OUTPUT_NAMES), {INPUT_NAME: crops})
         return NetworkOutput(keypoints, logits)
 
-    def update_weights(self, state_dict: dict) -> None:
-        """Rebuild the network from the model's network_config metadata, load `state_dict`, export to
-        ONNX in memory and swap in a new session (in-flight calls finish on the old one)."""
+    def prepare_weight_updates(self) -> None:
+        """Export the weight template once (about 0.1 s): later update_weights calls only swap its initializers."""
+        if self._weight_template is not None:
+            return
+        import onnx
+        import torch
+
         from kp3d_ros.model.export import export_onnx_bytes
         from kp3d_ros.model.network import build_model
 
         if "network_config" not in self.metadata:
             raise ValueError(f"{self.model_path} has no network_config metadata; cannot rebuild it for new weights")
         model = build_model(json.loads(self.metadata["network_config"]))
-        model.load_state_dict(state_dict)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # distinct values: the exporter shares equal initializers (fresh LayerNorms)
+            for tensor in model.state_dict().values():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator))
         meta = {"joint_names": json.loads(self.metadata.get("joint_names", "[]")) or None,
                 "part_names": json.loads(self.metadata.get("part_names", "[]")) or None}
         meta = {k: v for k, v in meta.items() if v}
-        data = export_onnx_bytes(model, self._num_points, meta)
+        template = export_onnx_bytes(model, self._num_points, meta, fold_constants=False)
+        self._weight_template = onnx.load_from_string(template)
+
+    def update_weights(self, state_dict: dict) -> None:
+        """Put `state_dict` into the weight template (prepare_weight_updates) and swap in a new session built
+        from it (in-flight calls finish on the old one)."""
+        from kp3d_ros.model.export import with_weights
+
+        self.prepare_weight_updates()
+        data = with_weights(self._weight_template, state_dict)
         new_session = self._make_session(data)
         self._session = new_session
         self.metadata = read_metadata(data)

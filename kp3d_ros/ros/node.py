@@ -413,10 +413,13 @@ class Kp3dNode(LifecycleNode):
             self._malformed("bad_serialization", str(error))
             return
         self.stats.on_input(_stamp_ns(msg.header))
+        gate = getattr(self.adapter, "gate", None)
         with self._lock:
             if self._latest is not None:
                 self.stats.on_dropped()
             self._latest = (msg, arrival)
+            if gate is not None:  # the adapter waits from a cloud's arrival until its outputs are published
+                gate.frame_started()
         self._wake.set()
 
     def _on_image(self, msg: Image) -> None:
@@ -436,6 +439,7 @@ class Kp3dNode(LifecycleNode):
                 self._wake.clear()
             with self._frame_lock:
                 if not self._active or self._stop.is_set():
+                    self._frame_done()
                     continue
                 try:
                     if latest is not None:
@@ -443,6 +447,15 @@ class Kp3dNode(LifecycleNode):
                     self._publish_overlays()
                 except Exception as error:  # keep the node alive; the frame is lost and counted
                     self._malformed("processing_error", f"{type(error).__name__}: {error}")
+                finally:
+                    self._frame_done()
+
+    def _frame_done(self) -> None:
+        """Let the online adapter go on when no cloud waits to be processed."""
+        gate = getattr(self.adapter, "gate", None)
+        with self._lock:
+            if gate is not None and self._latest is None:
+                gate.frame_finished()
 
     # Processing -----------------------------------------------------------------------------------
 
