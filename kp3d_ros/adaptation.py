@@ -19,11 +19,11 @@ drift that passes every step-to-step check is caught against the fixed reference
 rolls the model back to the last good weights (a rollback). A candidate that passes these guards goes
 into the backend only when it is below both the source model and the weights in use on every label-free
 signal of Stage II's selection (``train.signals``: augmentation gap, bone jitter, left/right mismatch on the
-held-back pairs; ``adaptation.deploy_on_signals``), its augmentation gap clearly below the source's (by two
-standard errors of the paired per-crop difference); otherwise it is held: training goes on from it and the
-backend keeps its weights. The held-back loss alone falls for any adapted weights (it is what they
-minimise), so it cannot tell a better model from a worse one. Accepted weights are saved to
-``adaptation.checkpoint_dir`` when it is set.
+held-back pairs; ``adaptation.deploy_on_signals``), its augmentation gap clearly below the source's (by
+``adaptation.deploy_standard_errors`` standard errors of the paired per-crop difference); otherwise it is
+held: training goes on from it and the backend keeps its weights. The held-back loss alone falls for any
+adapted weights (it is what they minimise), so it cannot tell a better model from a worse one. Accepted
+weights are saved to ``adaptation.checkpoint_dir`` when it is set.
 """
 
 from __future__ import annotations
@@ -416,8 +416,10 @@ class OnlineAdapter:
             # Deploy only what every label-free signal says is better than both the source and the weights in use;
             # otherwise hold: training goes on from the current weights, the backend keeps its own.
             worse = selection.not_below(self._signals(candidate), self._signals(source))
-            if "signal_augment_gap" not in worse and not label_free.clearly_lower(candidate["gaps"], source["gaps"]):
-                worse.append("signal_augment_gap (not clearly: paired per crop, 2 standard errors)")
+            margin = float(self.params.get("adaptation.deploy_standard_errors", 3.5))
+            if "signal_augment_gap" not in worse and not label_free.clearly_lower(candidate["gaps"], source["gaps"],
+                                                                                   margin):
+                worse.append(f"signal_augment_gap (not clearly: paired per crop, {margin:g} standard errors)")
             worse += [k for k in selection.not_below(self._signals(candidate), self._signals(good)) if k not in worse]
             if worse:
                 self.model.load_state_dict(current_state)  # scoring loaded the source's and good weights

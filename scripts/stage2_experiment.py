@@ -67,8 +67,10 @@ def cmd_data(args: argparse.Namespace) -> int:
                             ("target_test_big", args.big_test, 7003), ("target_train_big", args.big_train, 7004)):
         if num <= 0:
             continue
-        write_sequences(root / name, num, args.frames, seed, config, workers=args.workers, shard_size=8)
-    (root / "target_domain.json").write_text(json.dumps(domain | {"name": args.domain}, indent=1))
+        write_sequences(root / name, num, args.frames, seed + args.seed_offset, config, workers=args.workers,
+                        shard_size=8)
+    (root / "target_domain.json").write_text(json.dumps(domain | {"name": args.domain,
+                                                                  "seed_offset": args.seed_offset}, indent=1))
     return 0
 
 
@@ -431,6 +433,8 @@ def main() -> int:
     d.add_argument("--big-train", type=int, default=0, help="a larger training set (target_train_big)")
     d.add_argument("--frames", type=int, default=8)
     d.add_argument("--workers", type=int, default=1)
+    d.add_argument("--seed-offset", type=int, default=0,
+                   help="added to every split's seed: other sequences of the same domain (a fresh split)")
     e = sub.add_parser("eval")
     e.add_argument("--data", default="data/stage2/target_test")
     e.add_argument("checkpoints", nargs="+")

@@ -152,6 +152,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       "on every label-free signal of Stage II's selection (augmentation gap, bone jitter, left/right mismatch, on "
       "the held-back pairs); otherwise training goes on and the backend keeps its weights. False: the loss and "
       "plausibility guards alone decide."),
+    P("adaptation.deploy_standard_errors", 3.5,
+      "With adaptation.deploy_on_signals: by how many standard errors of the paired per-crop difference a "
+      "candidate's augmentation gap must be below the source model's. A swap is considered every "
+      "adaptation.min_interval_s, so chance passes add up: 3.5 keeps the chance of any in 200 checks near 5 %.",
+      0.0, 10.0),
     P("adaptation.checkpoint_dir", "", "Where adapted weights are saved; empty: no checkpoints.",
       read_only=True),
     P("adaptation.recipe", "",
