@@ -86,13 +86,20 @@ def test_clouds_lost_before_the_callback_are_counted_from_stamp_gaps(ros):
         stamp = base + step * PERIOD_NS
         cloud.header.stamp.sec, cloud.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
         points.publish(cloud)
-        time.sleep(0.04)  # slower than the callback takes them: DDS itself should lose none here
-    assert wait_until(lambda: node.stats.received - received == len(steps), 5.0)
-    missing = len(steps) - (node.stats.received - received)  # any real DDS loss shows as one more gap
-    assert node.stats.gaps.lost - lost == 4 + missing
+        time.sleep(0.04)  # slower than the callback takes them: on an idle machine DDS loses none here
+    final_stamp, repeats = base + steps[-1] * PERIOD_NS, 0
+    while not wait_until(lambda: node.stats.gaps.last_ns == final_stamp, 1.0) and repeats < 5:
+        points.publish(cloud)  # the last cloud again (a repeated stamp is no gap): a loss at the end is seen too
+        repeats += 1
+    assert node.stats.gaps.last_ns == final_stamp
+    # On a loaded machine the subscription (keep last 1) may lose a cloud itself: that is one more gap, unless it
+    # is one of the first ones, before the period is known. So 4 counted on an idle machine, at most 4 + lost.
+    at_most_lost_here = len(steps) - (node.stats.received - received - repeats)
+    counted = node.stats.gaps.lost - lost
+    assert 4 <= counted <= 4 + at_most_lost_here
     status, values = _diagnostics(node, diagnostics)
-    assert int(values["clouds_lost_before_callback"]) == 4 + missing
-    assert int(values["clouds_lost_recently"]) == 4 + missing
+    assert int(values["clouds_lost_before_callback"]) == counted
+    assert int(values["clouds_lost_recently"]) == counted
     assert float(values["input_stamp_period_ms"]) == pytest.approx(PERIOD_NS / 1e6)
     assert status.level == DiagnosticStatus.WARN and "lost before the callback" in status.message
 
