@@ -170,7 +170,18 @@ def test_node_declares_every_parameter_with_descriptor():
             assert descriptor.integer_range[0].to_value == spec.max
 
 
+def test_overrides_read_numbers_in_exponent_notation():
+    """`--set adaptation.learning_rate=1e-4` (or the same in a params file): YAML 1.1 reads the string '1e-4'."""
+    loaded = load_params(overrides=params.parse_overrides(["adaptation.learning_rate=1e-4", "roi.z_max=2E+0",
+                                                           "network.model_path=1e5"]))
+    assert loaded["adaptation.learning_rate"] == 1e-4 and loaded["roi.z_max"] == 2.0
+    assert loaded["network.model_path"] == "1e5"  # a string parameter keeps its text
+    with pytest.raises(ParameterError, match="finite number"):
+        load_params(overrides={"adaptation.learning_rate": "1e-4x"})
+
+
 if __name__ == "__main__":
     CONFIG.write_text(render_yaml())
     README.write_text(readme_with_table(README.read_text()))
     print(f"wrote {CONFIG} and the parameter table of {README}")
+

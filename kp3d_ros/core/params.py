@@ -8,6 +8,7 @@ Names use ROS's dotted form ("detection.voxel_size").
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,9 @@ del P
 SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
 
 
+_EXPONENT_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """NAME=VALUE strings (values parsed as YAML, as on the command line of `kp3d run --set`) to a dict."""
     overrides = {}
@@ -218,6 +222,8 @@ def validate(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ParameterError(f"{name} must be an integer, got {value!r}")
     elif kind is float:
+        if isinstance(value, str) and _EXPONENT_NUMBER.match(value.strip()):
+            value = float(value)  # YAML 1.1 (files, --set) reads 1e-4, without a dot, as a string
         if not _finite_number(value):
             raise ParameterError(f"{name} must be a finite number, got {value!r}")
         value = float(value)
