@@ -184,4 +184,3 @@ if __name__ == "__main__":
     CONFIG.write_text(render_yaml())
     README.write_text(readme_with_table(README.read_text()))
     print(f"wrote {CONFIG} and the parameter table of {README}")
-

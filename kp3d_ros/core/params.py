@@ -138,8 +138,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       "Hold online adaptation at run time: no samples are queued, no steps are taken, and the backend keeps the "
       "weights it runs (adapted or source); false goes on from there."),
     P("adaptation.yield_to_perception", True,
-      "The adapter's training and scoring wait at every network layer while a frame is processed, so that they "
-      "run between frames (false: beside them, at a lower thread priority only).", read_only=True),
+      "The adapter's training and scoring wait before every torch operation (and every layer's backward) while a "
+      "frame is processed, so that they run between frames (false: beside them, at a lower thread priority "
+      "only).", read_only=True),
     P("adaptation.learning_rate", 1e-5, "Learning rate of online adaptation.", 1e-8, 1e-2),
     P("adaptation.buffer_size", 256, "Samples (frame pairs per track) kept for adaptation.", 8, 100000,
       read_only=True),
