@@ -6,7 +6,7 @@ import pytest
 from kp3d_ros.skeleton import BACKGROUND, JOINT_INDEX, pelvis
 from kp3d_ros.synth.body import ANATOMICAL_LIMITS_DEG, DOF_LIMITS_DEG, get_body_model
 from kp3d_ros.synth.lidar import PRESETS, SensorEffects, box_mesh, cast, sweep_times
-from kp3d_ros.synth.person import DomainConfig, _pose_checked, make_person_samples
+from kp3d_ros.synth.person import DomainConfig, _negative_meshes, _pose_checked, make_person_samples
 from kp3d_ros.synth.poses import FAMILIES, POSE_MIX, choose_families, draw_family, limbs_clear
 
 
@@ -163,3 +163,19 @@ def test_scene_people_go_through_pose_transitions():
     assert {"upright", TRANSITION} <= set(labels) and len(set(labels) - {"upright", TRANSITION}) == 2
     assert heads.max() - heads.min() > 0.4  # they stand up between the two held poses
     assert np.abs(np.diff(heads)).max() < 0.5 * (heads.max() - heads.min())  # gradually, not in one frame
+
+
+def test_negative_clutter_includes_low_rounded_heaps_and_bushes():
+    """Low, long heaps (what a lying person is mistaken for) and rounded bushes are among the negatives."""
+    shapes = []
+    for i in range(300):
+        for vertices, faces in _negative_meshes(np.random.default_rng([7, i]), np.zeros(2)):
+            assert np.isfinite(vertices).all() and faces.max() < len(vertices)
+            extent = np.ptp(vertices, axis=0)
+            shapes.append((len(vertices), float(np.hypot(extent[0], extent[1])), float(extent[2]),
+                           float(vertices[:, 2].min())))
+    rounded = [s for s in shapes if s[0] > 24]  # blobs; boxes have 8 vertices, bicycles their own meshes
+    heaps = [s for s in rounded if s[2] < 0.5 and s[1] > 0.6]
+    bushes = [s for s in rounded if s[2] >= 0.5]
+    assert len(heaps) >= 10 and len(bushes) >= 10
+    assert all(-0.3 < s[3] < 0.05 for s in rounded)  # standing on the ground (sunk a little at most)

@@ -26,6 +26,7 @@ from kp3d_ros.synth.lidar import (
     sweep_times,
 )
 from kp3d_ros.synth.poses import FAMILY_INDEX, MAX_TRIES, PoseDraw, choose_families, draw_family, limbs_clear, place
+from kp3d_ros.synth.static_world import blob
 
 GROUND_MARGIN = 0.1  # m below the ground kept in a crop
 ADULT_AGE = (0.5, 1.0)
@@ -179,11 +180,13 @@ def _prop_meshes(rng: np.random.Generator, joints: np.ndarray, kind: str) -> lis
 
 
 def _negative_meshes(rng: np.random.Generator, target: np.ndarray) -> list[Mesh]:
-    """Clutter that a person detector must reject: a pole, a trunk, a bush, a bin, a wall, a car's side,
-    a bicycle without a rider or an empty bench, sometimes two of them, in the crop at ``target``."""
+    """Clutter that a person detector must reject: a pole, a trunk, a bush of boxes, a bin, a wall, a car's
+    side, a bicycle without a rider, an empty bench, a rounded bush or hedge (the street scene's shape) or a low
+    rounded heap on the ground (a sack, a pile of leaves: as low and long as a lying person), sometimes two of
+    them, in the crop at ``target``."""
     meshes: list[Mesh] = []
     for _ in range(1 + int(rng.random() < 0.3)):
-        kind = rng.integers(8)
+        kind = rng.integers(10)
         xy = target + rng.normal(0.0, 0.25, 2)
         yaw = rng.uniform(0, np.pi)
         if kind == 0:  # pole or sign post
@@ -210,11 +213,25 @@ def _negative_meshes(rng: np.random.Generator, target: np.ndarray) -> list[Mesh]
         elif kind == 6:  # a bicycle without a rider
             meshes += [(m[0] @ _yaw(yaw).T + np.array([*xy, 0.0]), m[1])
                        for m in _prop_meshes(rng, np.tile([0.3, 0.0, 1.0], (NUM_JOINTS, 1)), "bicycle")]
-        else:  # an empty bench with a back
+        elif kind == 7:  # an empty bench with a back
             meshes.append(box_mesh((*xy, 0.22), (0.45, 1.8, 0.44), yaw))
             back = xy + 0.25 * np.array([np.cos(yaw), np.sin(yaw)])
             meshes.append(box_mesh((*back, 0.65), (0.06, 1.8, 0.45), yaw))
+        elif kind == 8:  # a rounded bush or a piece of hedge
+            r = rng.uniform(0.3, 0.9)
+            radii = (r * rng.uniform(1.0, 1.8), r, 0.7 * r)
+            meshes.append(_yawed(blob((*xy, 0.6 * r), radii, rng, roughness=0.25), yaw, xy))
+        else:  # a low rounded heap lying on the ground
+            radii = (rng.uniform(0.3, 0.9), rng.uniform(0.15, 0.4), rng.uniform(0.1, 0.25))
+            meshes.append(_yawed(blob((*xy, 0.6 * radii[2]), radii, rng, roughness=0.3), yaw, xy))
     return [(np.asarray(v, np.float32), np.asarray(f, np.int32)) for v, f in meshes]
+
+
+def _yawed(mesh: tuple[np.ndarray, np.ndarray], angle: float, about_xy: np.ndarray) -> Mesh:
+    """``mesh`` turned by ``angle`` about the vertical axis through ``about_xy``."""
+    vertices, faces = mesh
+    pivot = np.array([*about_xy, 0.0])
+    return (vertices - pivot) @ _yaw(angle).T + pivot, faces
 
 
 def _yaw(angle: float) -> np.ndarray:
