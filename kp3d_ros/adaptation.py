@@ -46,7 +46,8 @@ from torch.overrides import TorchFunctionMode
 
 from kp3d_ros import losses
 from kp3d_ros.model.checkpoint import load_model, save_checkpoint
-from kp3d_ros.train import selection
+from kp3d_ros.resources import find_share_file
+from kp3d_ros.train import anchor, selection
 from kp3d_ros.train import signals as label_free
 from kp3d_ros.train.pairs import PairSample, collate_pairs
 from kp3d_ros.train.stage2 import Stage2Objective
@@ -113,6 +114,17 @@ class _WaitBeforeEachOperation(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def resolve_recipe(recipe: str) -> Path:
+    """adaptation.recipe as a file: the path itself, or for config/NAME the package's installed config/NAME."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    if path.parent == Path("config"):
+        with contextlib.suppress(FileNotFoundError):
+            return find_share_file("config", path.name)
+    raise FileNotFoundError(f"adaptation.recipe {recipe} does not exist")
+
+
 def _forward_from_backward(src: np.ndarray, dst: np.ndarray, backward: np.ndarray) -> np.ndarray:
     """Forward flow of src: minus the backward flow of the dst point that lands nearest to it."""
     _, idx = cKDTree(dst + backward).query(src, k=1)
@@ -135,16 +147,23 @@ class OnlineAdapter:
             for p in frozen.parameters():
                 p.requires_grad_(False)
         weights, self._anchor, self._anchor_weight = losses.LossWeights(), None, 0.0
+        self._recipe: dict | None = None
+        self._anchor_state = "none"  # none | waiting | ready | failed: ...
         recipe = str(params.get("adaptation.recipe", "") or "")
         if recipe:  # the offline recipe's loss weights and labelled anchor (a Stage I batch in every step)
             from kp3d_ros.train import stage2
 
-            if not Path(recipe).is_file():
-                raise FileNotFoundError(f"adaptation.recipe {recipe} does not exist")
-            cfg = stage2.load_config(recipe) | {"num_points": self.num_points}
-            weights = losses.LossWeights.from_dict(cfg["loss"])
-            self._anchor = stage2.source_objective(cfg, self.model)
-            self._anchor_weight = float(cfg["source"]["weight"])
+            self._recipe = stage2.load_config(resolve_recipe(recipe)) | {"num_points": self.num_points}
+            if params.get("adaptation.anchor_data"):
+                self._recipe["source"]["data"] = str(params["adaptation.anchor_data"])
+            weights = losses.LossWeights.from_dict(self._recipe["loss"])
+            self._anchor_weight = float(self._recipe["source"]["weight"])
+            self._anchor_state = "waiting"  # made before the first step, in the adaptation thread
+            source = self._recipe["source"]
+            on_disk = source["data"] != anchor.CACHE and self._anchor_weight > 0
+            if on_disk and not (Path(source["data"]) / "train").is_dir():
+                raise FileNotFoundError(f"adaptation.recipe {recipe}: no labelled anchor at {source['data']}/train "
+                                        f"(source.data '{anchor.CACHE}' generates one into the user's cache)")
         self.objective = Stage2Objective(self.model, frozen, weights, seg_target)
         self.gate = PerceptionGate(bool(params.get("adaptation.yield_to_perception", True)))
         if self.gate.enabled:
@@ -239,6 +258,7 @@ class OnlineAdapter:
         out["running"] = self._thread is not None and self._thread.is_alive()
         out["paused"] = self.paused
         out["yields"] = self.gate.waits
+        out["anchor"] = self._anchor_state
         return out
 
     def accepted_state(self) -> dict:
@@ -306,12 +326,31 @@ class OnlineAdapter:
             items = [source.popleft() for _ in range(min(count, len(source)))] if pop else list(source)
         return [p for p in (self._to_pair(i) for i in items) if p is not None]
 
+    def _prepare_anchor(self) -> bool:
+        """The recipe's labelled anchor, opened (or, for source.data 'cache', generated once into the user's cache)
+        before the first step; False when it failed: no steps are taken then, since the recipe needs it."""
+        if self._anchor_state == "waiting":
+            from kp3d_ros.train import stage2
+
+            try:
+                self._anchor = stage2.source_objective(self._recipe, self.model)
+                self._anchor_state = "ready"
+            except (OSError, ValueError) as error:
+                self._anchor_state = f"failed: {type(error).__name__}: {error}"
+                with self._lock:
+                    self._stats["errors"] += 1
+                    self._stats["last_error"] = f"anchor: {error}"
+                self.log.error(f"adaptation: cannot open the labelled anchor ({error}); adaptation takes no steps")
+        return not self._anchor_state.startswith("failed")
+
     def step(self) -> bool:
         """One gradient step on a batch from the buffer; False when the buffer is short of a batch."""
         batch_size = int(self.params["adaptation.batch_size"])
         with self._lock:
             if len(self._buffer) < batch_size:
                 return False
+        if not self._prepare_anchor():
+            return False
         self.gate.wait()
         pairs = self._take(self._buffer, batch_size, pop=True)
         if not pairs:

@@ -6,9 +6,19 @@ machine), then <prefix>/share/kp3d_ros for a pip install into a prefix.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PACKAGE = "kp3d_ros"
+
+
+def user_cache_dir(name: str) -> Path:
+    """$KP3D_ROS_CACHE_DIR/<name> when set, else $XDG_CACHE_HOME/kp3d_ros/<name> (~/.cache/kp3d_ros/<name> when
+    XDG_CACHE_HOME is unset or empty)."""
+    if os.environ.get("KP3D_ROS_CACHE_DIR"):
+        return Path(os.environ["KP3D_ROS_CACHE_DIR"]) / name
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / PACKAGE / name
 
 
 def share_candidates(subdir: str, name: str) -> list[Path]:

@@ -352,7 +352,7 @@ def test_a_recipe_adds_its_labelled_anchor_to_every_step(model_files, tmp_path):
     rng = np.random.default_rng(0)
     items = [person_pair(rng) for _ in range(5)]
     losses_seen = {}
-    for name, extra in (("plain", {}), ("anchored", {"adaptation.recipe": str(recipe)})):
+    for name, extra in (("plain", {}), ("anchored", {"adaptation.recipe": str(recipe), "adaptation.anchor_data": ""})):
         torch.manual_seed(0)
         adapter = OnlineAdapter(pt, OnnxRuntimeBackend(onnx, max_batch=4), params(**extra), start=False)
         for item in items:
@@ -363,3 +363,48 @@ def test_a_recipe_adds_its_labelled_anchor_to_every_step(model_files, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"adaptation\.recipe"):
         OnlineAdapter(pt, OnnxRuntimeBackend(onnx, max_batch=4),
                       params(**{"adaptation.recipe": str(tmp_path / "missing.yaml")}), start=False)
+
+
+def test_the_cached_anchor_is_generated_once_in_the_adaptation_thread(model_files, tmp_path, monkeypatch):
+    """source.data 'cache': the first step generates the labelled anchor into the user's cache; later adapters
+    reuse it; a recipe whose anchor cannot be made takes no steps and says why; a missing anchor folder is an
+    error at start."""
+    import yaml
+
+    monkeypatch.setenv("KP3D_ROS_CACHE_DIR", str(tmp_path / "cache"))
+    pt, onnx = model_files
+    rng = np.random.default_rng(0)
+    items = [person_pair(rng) for _ in range(5)]
+
+    def recipe(name: str, source: dict) -> str:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"source": {"weight": 1.0, "batch_size": 4, "config": ""} | source}))
+        return str(path)
+
+    cached = recipe("cached", {"data": "cache", "cache_samples": 8, "cache_seed": 3})
+    done = tmp_path / "cache" / "anchor" / "stage1-seed3-n8" / "train" / "DONE"
+    written = []
+    for _ in range(2):
+        adapter = OnlineAdapter(pt, OnnxRuntimeBackend(onnx, max_batch=4), params(**{"adaptation.recipe": cached}),
+                                start=False)
+        assert adapter.state()["anchor"] == "waiting"  # nothing generated at construction
+        for item in items:
+            adapter.submit(*item)
+        assert adapter.step() and adapter.state()["anchor"] == "ready" and done.is_file()
+        written.append(done.stat().st_mtime_ns)
+    assert written[0] == written[1]  # the second adapter reused it
+
+    broken = recipe("broken", {"data": "cache", "cache_split": "no-such-split"})
+    adapter = OnlineAdapter(pt, OnnxRuntimeBackend(onnx, max_batch=4), params(**{"adaptation.recipe": broken}),
+                            start=False)
+    for item in items:
+        adapter.submit(*item)
+    assert not adapter.step()
+    state = adapter.state()
+    assert state["anchor"].startswith("failed") and "no-such-split" in state["last_error"] and state["steps"] == 0
+
+    missing = recipe("missing", {"data": str(tmp_path / "no_anchor")})
+    for anchor_data in ("", str(tmp_path / "nowhere")):  # the recipe's own source.data, or the parameter's
+        with pytest.raises(FileNotFoundError, match="no labelled anchor"):
+            OnlineAdapter(pt, OnnxRuntimeBackend(onnx, max_batch=4),
+                          params(**{"adaptation.recipe": missing, "adaptation.anchor_data": anchor_data}), start=False)

@@ -45,6 +45,7 @@ from kp3d_ros.backends.onnxruntime_backend import check_crops
 from kp3d_ros.core.params import defaults as _param_defaults
 from kp3d_ros.model.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAMES, read_metadata
 from kp3d_ros.model.preprocess import check_input_rule
+from kp3d_ros.resources import user_cache_dir
 
 LOG = logging.getLogger(__name__)
 MIN_TENSORRT_MAJOR = 10
@@ -186,9 +187,9 @@ def engine_cache_key(onnx_sha256: str, trt_version: str, device: DeviceInfo, set
 
 
 def default_cache_dir() -> Path:
-    """$XDG_CACHE_HOME/kp3d_ros/engines, or ~/.cache/kp3d_ros/engines when XDG_CACHE_HOME is unset or empty."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "kp3d_ros" / "engines"
+    """The engines folder of the user's cache (kp3d_ros.resources.user_cache_dir): $XDG_CACHE_HOME/kp3d_ros/engines,
+    or ~/.cache/kp3d_ros/engines when XDG_CACHE_HOME is unset or empty ($KP3D_ROS_CACHE_DIR/engines when set)."""
+    return user_cache_dir("engines")
 
 
 def engine_cache_path(cache_dir: str | Path | None, model_path: str | Path, key: str) -> Path:

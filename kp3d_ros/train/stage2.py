@@ -43,7 +43,7 @@ from kp3d_ros.model.checkpoint import load_model, load_payload, save_checkpoint,
 from kp3d_ros.model.preprocess import SCALE, prepare_batch, restore_keypoints
 from kp3d_ros.sharding import read_manifest, share, share_by_size, size_on_disk
 from kp3d_ros.skeleton import BONE_NAMES
-from kp3d_ros.train import selection, stage1
+from kp3d_ros.train import anchor, selection, stage1
 from kp3d_ros.train.config import load_config as load_yaml_config
 from kp3d_ros.train.config import merge
 from kp3d_ros.train.distributed import SINGLE, Ranks, process_group, training_device
@@ -78,7 +78,11 @@ DEFAULTS: dict = {
     "eval": {"data": "", "max_sequences": 0},  # labelled sequences for the MPJPE report
     # Labelled synthetic (source) batches mixed into every step with this weight x the Stage I loss, which
     # anchors the network while the unsupervised losses adapt it; 0 or no data: off.
-    "source": {"data": "", "weight": 0.0, "batch_size": 16, "config": "config/stage1.yaml"},
+    # source.data: a `kp3d synth` root, or "cache": cache_samples of the cache_split generated once into the user's
+    # cache (kp3d_ros.train.anchor), so that the node's adapter needs no data on disk.
+    "source": {"data": "", "weight": 0.0, "batch_size": 16, "config": "config/stage1.yaml",
+               "cache_split": anchor.DEFAULT_SPLIT, "cache_samples": anchor.DEFAULT_SAMPLES,
+               "cache_seed": anchor.DEFAULT_SEED},
 }
 
 
@@ -261,7 +265,7 @@ def source_objective(cfg: dict, model: torch.nn.Module, ranks: Ranks = SINGLE) -
         s1["seed"] = int(s1["seed"]) + 1_000_003 * ranks.rank  # rank 0 keeps the one-process stream
         source = source | {"batch_size": ranks.per_rank(int(source["batch_size"]), "source.batch_size")}
     s1["train"] = s1["train"] | {"batch_size": int(source["batch_size"]), "steps_per_epoch": 1 << 30}
-    dataset = stage1.open_split(Path(source["data"]), "train")
+    dataset = stage1.open_split(anchor.resolve_source_data(source), "train")
     batches = stage1.training_batches(dataset, s1, 0, stage1.make_augmenter(s1["augment"], s1.get("sensor_augment")))
     w_kp, w_seg = s1["train"]["w_kp"], s1["train"]["w_seg"]
     device = next(model.parameters()).device
@@ -301,7 +305,7 @@ def fill_population_priors(cfg: dict, log=print, needed: tuple[str, ...] = ()) -
         return
     if not cfg["source"]["data"]:
         raise ValueError(f"loss.{', loss.'.join(missing)} not given and no source.data to measure them on")
-    measured = population_priors(Path(cfg["source"]["data"]))
+    measured = population_priors(anchor.resolve_source_data(cfg["source"]))
     for key in missing:
         loss[key] = measured[key]
         log(f"population prior from {cfg['source']['data']}: {key} = {measured[key]}")
