@@ -18,7 +18,7 @@ Spearman's rank correlation of each signal with the true MPJPE across candidates
 Run (data: ``scripts/stage2_experiment.py data --domain D --root data/signal_D --train 0 --test 40
 --frames 6`` for D in source, clothing, dense_winter, children):
   .venv/bin/python benchmarks/adaptation_signal.py --domain source=data/signal_source/target_test ...
-      --model models/kp3d_stage1.pt --model models/kp3d_poses.pt --noise 0.01,0.03,0.1 --out REPORT.md
+      --model models/kp3d_stage1.pt --model models/kp3d_poses_large.pt --noise 0.01,0.03,0.1 --out REPORT.md
 """
 
 from __future__ import annotations

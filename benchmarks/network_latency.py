@@ -1,6 +1,6 @@
 """Network latency: ONNX Runtime per person at several batch sizes, and torch eager vs ONNX Runtime.
 
-Run: .venv/bin/python benchmarks/network_latency.py [--model models/kp3d_stage1.onnx] [--threads 1]
+Run: .venv/bin/python benchmarks/network_latency.py [--model models/kp3d_poses_large.onnx] [--threads 1]
 Prints a markdown table (copied into benchmarks/results/network.md).
 """
 
@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from kp3d_ros.backends.factory import default_model_path
 from kp3d_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
 from kp3d_ros.backends.torch_backend import TorchBackend
 
@@ -30,7 +31,7 @@ def median_ms(fn, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="models/kp3d_stage1.onnx")
+    parser.add_argument("--model", default=str(default_model_path()), help="ONNX model (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()

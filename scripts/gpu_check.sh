@@ -28,7 +28,7 @@ export XDG_CACHE_HOME="$WORK/cache"  # the default engine cache of build-engine,
 export PYTHONUNBUFFERED=1
 PY=.venv/bin/python
 KP3D=("$PY" -m kp3d_ros.cli)
-MODEL=models/kp3d_stage1.onnx
+MODEL=models/kp3d_poses_large.onnx
 SUMMARY="$RESULTS/summary.txt"
 ENV_LOG="$RESULTS/env.txt"
 PIP_ARGS=(--disable-pip-version-check -q)
@@ -152,7 +152,7 @@ from kp3d_ros.backends.base import NetworkOutput
 from kp3d_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
 from kp3d_ros.model.checkpoint import load_model
 
-MODEL = Path("models/kp3d_stage1.onnx")
+MODEL = Path("models/kp3d_poses_large.onnx")
 
 
 def torch_outputs(net, x):

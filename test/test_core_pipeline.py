@@ -188,7 +188,8 @@ def test_body_share_counts_only_points_near_the_track_axis():
     from kp3d_ros.core.pipeline import TrackedCrop
 
     model = _model_or_skip()
-    params = {**defaults(), "network.backend": "onnxruntime", "network.model_path": str(model)}
+    params = {**defaults(), "network.backend": "onnxruntime", "network.model_path": str(model),
+              "detection.min_body_share": 0.9, "detection.body_share_smoothing": 0.0}  # the car's share decides
     pipeline = PerceptionPipeline.from_params(params)
     rng = np.random.default_rng(0)
     body = np.column_stack([rng.normal(10, 0.1, 200), rng.normal(0, 0.1, 200), rng.uniform(-1.8, -0.2, 200)])

@@ -10,7 +10,7 @@ from kp3d_ros.core.params import defaults as _param_defaults
 
 _DEFAULTS = _param_defaults()  # the node's defaults, so an engine built with defaults is the one the node uses
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
-MODEL_FILE = "kp3d_stage1.onnx"
+MODEL_FILE = "kp3d_poses_large.onnx"
 PACKAGE = "kp3d_ros"
 
 

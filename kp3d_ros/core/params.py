@@ -56,18 +56,20 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # Person candidates
     P("detection.voxel_size", 0.2, "Grid cell (m) for connected-component clustering.", 0.05, 1.0),
     P("detection.min_points", 20, "Fewest points of a person candidate.", 3, 100000),
-    P("detection.min_height", 0.8, "Lowest height (m) of a person candidate.", 0.1, 3.0),
+    P("detection.min_height", 0.3, "Lowest height (m) of a person candidate (0.3: a crouching child, a person lying "
+      "down).", 0.1, 3.0),
     P("detection.max_height", 2.3, "Highest height (m) of a person candidate.", 0.5, 4.0),
     P("detection.max_width", 1.6, "Widest horizontal extent (m) of a person candidate.", 0.3, 5.0),
-    P("detection.min_width", 0.5, "Narrowest horizontal extent (m) of a person candidate (rejects poles, trunks).",
+    P("detection.min_width", 0.3, "Narrowest horizontal extent (m) of a person candidate (rejects poles and posts; "
+      "wider clutter is left to detection.min_body_share).",
       0.0, 3.0),
     P("detection.max_base", 1.5, "Highest lowest point (m above the local ground) of a person candidate (legs hidden).",
       0.0, 3.0),
-    P("detection.min_body_share", 0.98,
+    P("detection.min_body_share", 0.5,
       "Lowest share of a track's non-ground crop points within detection.body_core_radius of its axis that the "
       "network labels as a body part; tracks below are not published (clutter the geometric filter let "
       "through). 0 publishes every track.", 0.0, 1.0),
-    P("detection.body_share_smoothing", 0.0,
+    P("detection.body_share_smoothing", 0.5,
       "Weight of a track's past in the body share that detection.min_body_share tests: the exponential average "
       "s = w * s_before + (1 - w) * share, started at the track's first share (no delay for a person whose first "
       "share passes; one whose first shares are low, coming out of occlusion, is accepted later, and after 3 "

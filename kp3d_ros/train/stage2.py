@@ -211,6 +211,12 @@ def load_bag_pairs(paths: list[str], cfg: dict, topic: str = "/points", log=prin
     return tracks
 
 
+# The candidate filters of bag_pairs. It has no network to gate the candidates with, so it keeps the filters for an
+# upright person (the node's defaults before the network's body-share gate took over): the looser defaults would
+# let bushes, bins and car parts into Stage II as people.
+BAG_CANDIDATES = {"detection.min_height": 0.8, "detection.min_width": 0.5}
+
+
 def bag_pairs(path: str | Path, offset: int, flow_fn, topic: str = "/points") -> list[list[PairSample]]:
     """Pairs per track of one bag (track ids from `offset` on), in the order the tracks first appear."""
     from kp3d_ros.core.bagio import iter_scans
@@ -218,7 +224,7 @@ def bag_pairs(path: str | Path, offset: int, flow_fn, topic: str = "/points") ->
     from kp3d_ros.core.pipeline import PerceptionPipeline
 
     tracks: dict[int, list[PairSample]] = {}
-    pipeline = PerceptionPipeline(defaults(), backend=None, flow_estimator=None)
+    pipeline = PerceptionPipeline(defaults() | BAG_CANDIDATES, backend=None, flow_estimator=None)
     last_stamp = None
     for scan in iter_scans(path, topic):
         dt = 0.1 if last_stamp is None else max(1e-3, (scan.stamp_ns - last_stamp) * 1e-9)
