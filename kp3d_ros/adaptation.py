@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib
 import logging
 import os
 import threading
@@ -114,6 +115,10 @@ class _WaitBeforeEachOperation(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+# What opening the labelled anchor imports: open3d alone takes about 0.6 s, all of it holding Python's lock.
+ANCHOR_MODULES = ("kp3d_ros.synth.dataset", "kp3d_ros.synth.augment", "kp3d_ros.synth.cli")
+
+
 def resolve_recipe(recipe: str) -> Path:
     """adaptation.recipe as a file: the path itself, or for config/NAME the package's installed config/NAME."""
     path = Path(recipe)
@@ -159,6 +164,8 @@ class OnlineAdapter:
             weights = losses.LossWeights.from_dict(self._recipe["loss"])
             self._anchor_weight = float(self._recipe["source"]["weight"])
             self._anchor_state = "waiting"  # made before the first step, in the adaptation thread
+            for module in ANCHOR_MODULES:  # imported now: in the adaptation thread they would hold the interpreter
+                importlib.import_module(module)
             source = self._recipe["source"]
             on_disk = source["data"] != anchor.CACHE and self._anchor_weight > 0
             if on_disk and not (Path(source["data"]) / "train").is_dir():

@@ -7,8 +7,11 @@ by every later run. Nothing is downloaded. The split depends only on its name, s
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
+import multiprocessing as mp
+import os
 from pathlib import Path
 
 from kp3d_ros.resources import user_cache_dir
@@ -29,11 +32,10 @@ def cached_anchor_root(split: str = DEFAULT_SPLIT, samples: int = DEFAULT_SAMPLE
 def ensure_cached_anchor(split: str = DEFAULT_SPLIT, samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED,
                          progress: bool = False) -> Path:
     """The cached anchor's root, generated first when it is not complete (about 30 s per 1,000 samples on one
-    core, plus the body model's first load). Concurrent callers wait for one another; an interrupted generation
-    goes on from its written shards."""
+    core, plus the body model's first load). The generation runs in a child process at the lowest priority, so
+    that the caller's threads (the node's perception) keep the interpreter; concurrent callers wait for one
+    another; an interrupted generation goes on from its written shards."""
     from kp3d_ros.synth.cli import SPLIT_CONFIGS
-    from kp3d_ros.synth.dataset import write_dataset
-    from kp3d_ros.synth.person import DomainConfig
 
     if split not in SPLIT_CONFIGS:
         raise ValueError(f"source.cache_split must be one of {sorted(SPLIT_CONFIGS)}, got {split!r}")
@@ -47,15 +49,23 @@ def ensure_cached_anchor(split: str = DEFAULT_SPLIT, samples: int = DEFAULT_SAMP
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not (root / "train" / "DONE").is_file():
             log.info(f"generating the labelled anchor ({samples} samples of {split}, seed {seed}) into {root}")
-            import torch
-
-            threads = torch.get_num_threads()  # generation sets one thread; the caller keeps its own
-            try:
-                write_dataset(root / "train", samples, seed, DomainConfig.from_dict(SPLIT_CONFIGS[split]),
-                              workers=1, progress=progress)
-            finally:
-                torch.set_num_threads(threads)
+            child = mp.get_context("spawn").Process(target=_generate, args=(str(root / "train"), samples, seed,
+                                                                            split, progress), daemon=True)
+            child.start()
+            child.join()
+            if child.exitcode != 0 or not (root / "train" / "DONE").is_file():
+                raise OSError(f"generating the labelled anchor into {root} failed (exit code {child.exitcode})")
     return root
+
+
+def _generate(root: str, samples: int, seed: int, split: str, progress: bool) -> None:
+    from kp3d_ros.synth.cli import SPLIT_CONFIGS
+    from kp3d_ros.synth.dataset import write_dataset
+    from kp3d_ros.synth.person import DomainConfig
+
+    with contextlib.suppress(OSError):
+        os.nice(19)
+    write_dataset(root, samples, seed, DomainConfig.from_dict(SPLIT_CONFIGS[split]), workers=1, progress=progress)
 
 
 def resolve_source_data(source: dict) -> Path:
