@@ -26,7 +26,7 @@ from kp3d_ros.synth.lidar import (
     sweep_times,
 )
 from kp3d_ros.synth.poses import FAMILY_INDEX, MAX_TRIES, PoseDraw, choose_families, draw_family, limbs_clear, place
-from kp3d_ros.synth.static_world import blob
+from kp3d_ros.synth.static_world import blob, bush_shape
 
 GROUND_MARGIN = 0.1  # m below the ground kept in a crop
 ADULT_AGE = (0.5, 1.0)
@@ -217,10 +217,8 @@ def _negative_meshes(rng: np.random.Generator, target: np.ndarray) -> list[Mesh]
             meshes.append(box_mesh((*xy, 0.22), (0.45, 1.8, 0.44), yaw))
             back = xy + 0.25 * np.array([np.cos(yaw), np.sin(yaw)])
             meshes.append(box_mesh((*back, 0.65), (0.06, 1.8, 0.45), yaw))
-        elif kind == 8:  # a rounded bush or a piece of hedge
-            r = rng.uniform(0.3, 0.9)
-            radii = (r * rng.uniform(1.0, 1.8), r, 0.7 * r)
-            meshes.append(_yawed(blob((*xy, 0.6 * r), radii, rng, roughness=0.25), yaw, xy))
+        elif kind == 8:  # a rounded bush or a piece of hedge, as in the street scene
+            meshes.append(_yawed(bush_shape(xy, 0.0, rng, radius=(0.3, 0.9)), yaw, xy))
         else:  # a low rounded heap lying on the ground
             radii = (rng.uniform(0.3, 0.9), rng.uniform(0.15, 0.4), rng.uniform(0.1, 0.25))
             meshes.append(_yawed(blob((*xy, 0.6 * radii[2]), radii, rng, roughness=0.3), yaw, xy))

@@ -169,10 +169,15 @@ def _tree(xy, z, rng) -> WorldMesh:
     return WorldMesh.merge([trunk, crown])
 
 
+def bush_shape(xy, z: float, rng: np.random.Generator, radius: tuple[float, float] = (0.4, 0.9)
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """A bush or a piece of hedge on the ground at height z: a lumpy ellipsoid, up to 1.8 times longer along x."""
+    r = rng.uniform(*radius)
+    return blob((xy[0], xy[1], z + 0.6 * r), (r * rng.uniform(1.0, 1.8), r, 0.7 * r), rng, roughness=0.25)
+
+
 def _bush(xy, z, rng) -> WorldMesh:
-    r = rng.uniform(0.4, 0.9)
-    return _painted(*blob((xy[0], xy[1], z + 0.6 * r), (r * rng.uniform(1.0, 1.8), r, 0.7 * r), rng, roughness=0.25),
-                    0.18, (0.2, 0.5, 0.15))
+    return _painted(*bush_shape(xy, z, rng), 0.18, (0.2, 0.5, 0.15))
 
 
 def _clutter(xy, yaw, z, rng) -> WorldMesh:
