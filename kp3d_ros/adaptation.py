@@ -48,10 +48,9 @@ from torch.overrides import TorchFunctionMode
 from kp3d_ros import losses
 from kp3d_ros.model.checkpoint import load_model, save_checkpoint
 from kp3d_ros.resources import find_share_file
-from kp3d_ros.train import anchor, selection
+from kp3d_ros.train import anchor, selection, stage2
 from kp3d_ros.train import signals as label_free
 from kp3d_ros.train.pairs import PairSample, collate_pairs
-from kp3d_ros.train.stage2 import Stage2Objective
 
 HOLDOUT_EVERY = 5  # every 5th submitted sample is held back for the guards
 HOLDOUT_SIZE = 32
@@ -156,14 +155,12 @@ class OnlineAdapter:
         self._anchor_state = "none"  # none | waiting | ready | failed: ...
         recipe = str(params.get("adaptation.recipe", "") or "")
         if recipe:  # the offline recipe's loss weights and labelled anchor (a Stage I batch in every step)
-            from kp3d_ros.train import stage2
-
             self._recipe = stage2.load_config(resolve_recipe(recipe)) | {"num_points": self.num_points}
             if params.get("adaptation.anchor_data"):
                 self._recipe["source"]["data"] = str(params["adaptation.anchor_data"])
             weights = losses.LossWeights.from_dict(self._recipe["loss"])
             self._anchor_weight = float(self._recipe["source"]["weight"])
-            self._anchor_state = "waiting"  # made before the first step, in the adaptation thread
+            self._anchor_state = "waiting"  # opened (generated when needed) before the first step
             for module in ANCHOR_MODULES:  # imported now: in the adaptation thread they would hold the interpreter
                 importlib.import_module(module)
             source = self._recipe["source"]
@@ -171,7 +168,7 @@ class OnlineAdapter:
             if on_disk and not (Path(source["data"]) / "train").is_dir():
                 raise FileNotFoundError(f"adaptation.recipe {recipe}: no labelled anchor at {source['data']}/train "
                                         f"(source.data '{anchor.CACHE}' generates one into the user's cache)")
-        self.objective = Stage2Objective(self.model, frozen, weights, seg_target)
+        self.objective = stage2.Stage2Objective(self.model, frozen, weights, seg_target)
         self.gate = PerceptionGate(bool(params.get("adaptation.yield_to_perception", True)))
         if self.gate.enabled:
             for net in (self.model, frozen):
@@ -337,8 +334,6 @@ class OnlineAdapter:
         """The recipe's labelled anchor, opened (or, for source.data 'cache', generated once into the user's cache)
         before the first step; False when it failed: no steps are taken then, since the recipe needs it."""
         if self._anchor_state == "waiting":
-            from kp3d_ros.train import stage2
-
             try:
                 self._anchor = stage2.source_objective(self._recipe, self.model)
                 self._anchor_state = "ready"

@@ -365,8 +365,8 @@ def test_a_recipe_adds_its_labelled_anchor_to_every_step(model_files, tmp_path):
                       params(**{"adaptation.recipe": str(tmp_path / "missing.yaml")}), start=False)
 
 
-def test_the_cached_anchor_is_generated_once_in_the_adaptation_thread(model_files, tmp_path, monkeypatch):
-    """source.data 'cache': the first step generates the labelled anchor into the user's cache; later adapters
+def test_the_cached_anchor_is_generated_once_before_the_first_step(model_files, tmp_path, monkeypatch):
+    """source.data 'cache': the first step has the labelled anchor generated into the user's cache; later adapters
     reuse it; a recipe whose anchor cannot be made takes no steps and says why; a missing anchor folder is an
     error at start."""
     import yaml

@@ -169,8 +169,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       read_only=True),
     P("adaptation.anchor_data", "cache",
       "Where adaptation.recipe's labelled anchor comes from: 'cache' (source.cache_samples crops generated once "
-      "into the user's cache, about 7 MB and a minute on first use, in the adaptation thread), a `kp3d synth` root, "
-      "or empty for the recipe's own source.data.", read_only=True),
+      "into the user's cache, about 7 MB and a minute on first use, by a low-priority child process before the first "
+      "step), a `kp3d synth` root, or empty for the recipe's own source.data.", read_only=True),
     P("adaptation.resume", True,
       "At start, continue from the adapted weights saved in adaptation.checkpoint_dir when they were adapted from "
       "this same model (checked by its file's SHA-256); false starts from the model and discards them.",
