@@ -140,3 +140,32 @@ def test_candidates_split_people_joined_by_low_clutter():
     assert len(found) == 2
     np.testing.assert_allclose(found.centres[np.argsort(found.centres[:, 1])], [[8, 0], [8, 1.0]], atol=0.15)
     assert len(candidates_of(cloud, split=False)) == 0  # what the ground grid alone gives
+
+
+def test_candidates_keep_a_person_lying_down_whole():
+    """A 1.9 m person lying on the ground (a 0.4 m high cluster 2 m wide on the grid) is one candidate when
+    max_lying_width allows it, and none otherwise (it has no points above SPLIT_MIN_HEIGHT to split on); a low
+    wall 3 m long stays out either way."""
+    rng = np.random.default_rng(7)
+    gz = ground_z(6, -2)
+    lying = box_points(rng, 6, -2, gz + 0.05, (1.9, 0.45, 0.35), n=500)
+    wall = box_points(rng, -6, 6, ground_z(-6, 6), (3.0, 0.3, 0.6), n=800)
+    cloud = np.concatenate([tilted_ground(rng, 30000), lying, wall])
+    assert len(candidates_of(cloud, min_height=0.3)) == 0
+    found = candidates_of(cloud, min_height=0.3, max_lying_width=2.4)
+    assert len(found) == 1
+    np.testing.assert_allclose(found.centres[0], [6, -2], atol=0.2)
+    assert found.widths[0] > 1.6 and found.heights[0] < 0.6
+
+
+def test_candidates_do_not_keep_two_children_side_by_side_whole():
+    """Two 1.2 m children 1 m apart joined by a low box: too wide, split into both, and not also kept whole as
+    one lying person (their tops are below LYING_MAX_TOP)."""
+    rng = np.random.default_rng(8)
+    gz = ground_z(8, 0)
+    low_box = box_points(rng, 8, 0.5, gz, (0.6, 2.0, 0.3), n=800)
+    cloud = np.concatenate([tilted_ground(rng, 30000), person(rng, 8, 0, gz, height=1.2),
+                            person(rng, 8, 1.0, gz, height=1.2), low_box])
+    found = candidates_of(cloud, min_height=0.3, max_lying_width=2.4)
+    assert len(found) == 2
+    np.testing.assert_allclose(found.centres[np.argsort(found.centres[:, 1])], [[8, 0], [8, 1.0]], atol=0.15)

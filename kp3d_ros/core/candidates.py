@@ -5,7 +5,10 @@ x-y grid of detection.voxel_size cells; 8-connected components of occupied cells
 are clusters, kept when their point count, height above ground, base and width fit a person.
 A cluster that fits but for being too wide (people walking side by side, a person beside a car or a
 bush) is split once: its points above SPLIT_MIN_HEIGHT, where bodies are apart even when feet touch
-and where low clutter ends, are clustered again, and those clusters are judged alike.
+and where low clutter ends, are clustered again, and those clusters are judged alike. A wide cluster no
+higher than LYING_MAX_TOP and no wider than ``max_lying_width`` in which that split finds nobody is kept
+whole: a person lying down is up to 2 m long, with few points above SPLIT_MIN_HEIGHT (low clutter kept
+this way is left to the network's body-share gate).
 Linear in the number of points; no neighbour search.
 """
 
@@ -19,6 +22,7 @@ from scipy import ndimage
 HEAD_ROOM = 0.3  # m above detection.max_height still projected (so a too-tall object is seen as too tall)
 SPLIT_MAX_WIDTH = 3.5  # m: wider clusters (cars, walls) are not split
 SPLIT_MIN_HEIGHT = 0.5  # m above the ground: the points a wide cluster is split on
+LYING_MAX_TOP = 1.3  # m above the ground: a wide cluster this low may be a person lying down (an arm raised)
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
@@ -57,8 +61,11 @@ def _box_sides(labels: np.ndarray, occupied: np.ndarray, num: int) -> np.ndarray
 
 def find_candidates(points: np.ndarray, height_above: np.ndarray, extent: float, voxel_size: float,
                     min_points: int, min_height: float, max_height: float, max_width: float,
-                    max_base: float, min_width: float = 0.0, split: bool = True) -> Candidates:
-    """Person candidates among non-ground points (M, 3) with their heights above ground (M,)."""
+                    max_base: float, min_width: float = 0.0, split: bool = True,
+                    max_lying_width: float = 0.0) -> Candidates:
+    """Person candidates among non-ground points (M, 3) with their heights above ground (M,).
+    ``max_lying_width`` > max_width keeps wide, low clusters (top <= LYING_MAX_TOP) in which the split finds
+    nobody whole; 0: none."""
     band = height_above <= max_height + HEAD_ROOM
     xy = np.compress(band, points[:, :2], axis=0)  # np.compress: a few times faster than boolean row indexing
     h = np.compress(band, height_above)
@@ -70,8 +77,9 @@ def find_candidates(points: np.ndarray, height_above: np.ndarray, extent: float,
     iy = ((xy[:, 1] + np.float32(extent)) * np.float32(scale)).astype(np.intp)
     np.clip(ix, 0, n - 1, out=ix)
     np.clip(iy, 0, n - 1, out=iy)
-    ix -= ix.min()  # the grid spans only the occupied cells' bounding box
-    iy -= iy.min()
+    origin = (ix.min(), iy.min())
+    ix -= origin[0]  # the grid spans only the occupied cells' bounding box
+    iy -= origin[1]
     nx, ny = int(ix.max()) + 1, int(iy.max()) + 1
     flat = ix * ny + iy
     occupied = np.bincount(flat, minlength=nx * ny).reshape(nx, ny) > 0
@@ -90,16 +98,23 @@ def find_candidates(points: np.ndarray, height_above: np.ndarray, extent: float,
     top, base = top[1:], base[1:]
     fits = (counts >= min_points) & (top >= min_height) & (top <= max_height) & (base <= max_base)
     keep = fits & (widths <= max_width) & (widths >= min_width)
-    order = np.flatnonzero(keep)
-    centres = np.stack([sum_x[order] / counts[order], sum_y[order] / counts[order]], axis=1).astype(np.float32)
-    found = Candidates(centres, top[order], base[order], widths[order], counts[order])
     wide = fits & (widths > max_width) & (widths <= SPLIT_MAX_WIDTH)
+    lying = wide & (top <= LYING_MAX_TOP) & (widths <= max_lying_width)
+    parts = _empty()
     if split and wide.any():
         upper = wide[point_label - 1] & (h >= SPLIT_MIN_HEIGHT)
         band_index = np.flatnonzero(band)[upper]
         parts = find_candidates(points[band_index], height_above[band_index], extent, voxel_size, min_points,
                                 min_height, max_height, max_width, max_base, min_width, split=False)
-        found = _concatenated(found, parts)
+        # a wide cluster the split found someone in is not kept whole (two children side by side)
+        cx = ((parts.centres[:, 0] + np.float32(extent)) * np.float32(scale)).astype(np.intp) - origin[0]
+        cy = ((parts.centres[:, 1] + np.float32(extent)) * np.float32(scale)).astype(np.intp) - origin[1]
+        inside = (cx >= 0) & (cx < nx) & (cy >= 0) & (cy < ny)
+        hit = labels[cx[inside], cy[inside]]
+        lying[hit[hit > 0] - 1] = False
+    order = np.flatnonzero(keep | lying)
+    centres = np.stack([sum_x[order] / counts[order], sum_y[order] / counts[order]], axis=1).astype(np.float32)
+    found = _concatenated(Candidates(centres, top[order], base[order], widths[order], counts[order]), parts)
     order = np.argsort(-found.counts, kind="stable")
     return Candidates(found.centres[order], found.heights[order], found.bases[order], found.widths[order],
                       found.counts[order])

@@ -189,7 +189,7 @@ class PerceptionPipeline:
                                 p["roi.max_range"],
                                 p["detection.voxel_size"], p["detection.min_points"], p["detection.min_height"],
                                 p["detection.max_height"], p["detection.max_width"], p["detection.max_base"],
-                                p["detection.min_width"])
+                                p["detection.min_width"], max_lying_width=p["detection.max_lying_width"])
         t = _lap(timings, "candidates", t)
         if self._last_stamp_ns is not None and stamp_ns < self._last_stamp_ns:
             self.reset()
