@@ -1,6 +1,7 @@
 """Choose the body-share gate (detection.min_body_share, detection.body_share_smoothing) for a model on
 validation bags: the full pipeline over every bag for each pair, people with >= 50 returns; the chosen pair has
-the highest recall among those whose precision reaches --precision (ties: the higher precision).
+the highest recall among those whose precision reaches --precision (ties: the higher precision). Each row also
+says how many of the low people (lying, crawling: evaluate.is_low) were found.
 
 Use validation bags only (other seeds than the bags you then report on):
   .venv/bin/python benchmarks/choose_gate.py --model models/kp3d_poses_large.onnx \
@@ -18,12 +19,14 @@ from pose_coverage import bag_summary
 
 
 def totals(model: str, bags: list[str], sets: list[str], threads: int) -> dict[str, float]:
-    matched = missed = false = 0
+    matched = missed = false = low_found = low_all = 0
     for bag in bags:
-        pem = bag_summary(model, bag, sets, threads)["pem"]
+        summary = bag_summary(model, bag, sets, threads)
+        pem, low = summary["pem"], summary["low_people"]
         matched, missed, false = matched + pem["matched"], missed + pem["missed"], false + pem["false"]
+        low_found, low_all = low_found + low["matched"], low_all + low["matched"] + low["missed"]
     return {"matched": matched, "missed": missed, "false": false, "recall": matched / max(matched + missed, 1),
-            "precision": matched / max(matched + false, 1)}
+            "precision": matched / max(matched + false, 1), "low": f"{low_found} / {low_all}"}
 
 
 def choose(rows: list[dict], precision: float) -> dict | None:
@@ -56,12 +59,13 @@ def main() -> int:
     lines = [f"# Body-share gate on validation bags ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
              f"Model `{args.model}`; bags {', '.join(f'`{Path(b).name}`' for b in args.bag)}; "
              f"filters `{args.filters or 'defaults'}`; people with >= 50 returns.", "",
-             "| min_body_share | smoothing | matched | missed | false | recall | precision | |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| min_body_share | smoothing | matched | missed | false | recall | precision | low people found | |",
+             "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['threshold']:g} | {r['smoothing']:g} | {r['matched']} | {r['missed']} | {r['false']} | "
-              f"{r['recall']:.3f} | {r['precision']:.3f} | {'**chosen**' if r is best else ''} |" for r in rows]
+              f"{r['recall']:.3f} | {r['precision']:.3f} | {r['low']} | {'**chosen**' if r is best else ''} |"
+              for r in rows]
     lines.append(f"| the node's defaults | | {defaults['matched']} | {defaults['missed']} | {defaults['false']} | "
-                 f"{defaults['recall']:.3f} | {defaults['precision']:.3f} | |")
+                 f"{defaults['recall']:.3f} | {defaults['precision']:.3f} | {defaults['low']} | |")
     lines += ["", f"Chosen (highest recall at precision >= {args.precision:g}): "
               + (f"detection.min_body_share={best['threshold']:g} detection.body_share_smoothing={best['smoothing']:g}"
                  if best else "none reaches that precision"), ""]

@@ -9,7 +9,8 @@ For each model:
   whose crop-level precision is at least ``--precision``;
 - walking people on the OS1-128 test split of the shipped model's card (``--walking``), >= 100 points;
 - the full pipeline on street bags with pose-diverse people (``kp3d synth-bag --pose-share``), people
-  with >= 50 returns, with the node's defaults and with each ``--set`` variant.
+  with >= 50 returns, with the node's defaults and with each ``--set`` variant; also how many of the low
+  people (lying, crawling: ``evaluate.is_low``) were found.
 
 Run (the data commands are in benchmarks/results/pose_coverage.md):
   .venv/bin/python benchmarks/pose_coverage.py --model models/kp3d_stage1.onnx [--model runs/X/best.pt]
@@ -92,20 +93,23 @@ def report(args: argparse.Namespace) -> str:
                               [*v.split(), f"detection.min_body_share={threshold:g}"]) for v in args.variant]
             lines += ["", f"Full pipeline on {len(args.bag)} street bag(s), people with >= "
                       f"{evaluate.SCORED_POINTS} points:", "",
-                      "| parameters | matched | missed | false | recall | precision | MPJPE cm (matched) | PEM cm |",
-                      "|---|---|---|---|---|---|---|---|"]
+                      "| parameters | matched | missed | false | recall | precision | MPJPE cm (matched) | PEM cm "
+                      "| low people: found / all |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for name, sets in variants:
-                m = f = x = 0
+                m = f = x = low_found = low_all = 0
                 errors = []
                 for bag in args.bag:
                     b = bag_summary(model, bag, sets, args.threads)
                     m, x, f = m + b["pem"]["matched"], x + b["pem"]["missed"], f + b["pem"]["false"]
+                    low_found += b["low_people"]["matched"]
+                    low_all += b["low_people"]["matched"] + b["low_people"]["missed"]
                     if "matched" in b:
                         errors.append((b["matched"]["mpjpe_cm"], b["matched"]["people"], b["pem"]["pem_cm"]))
                 mpjpe = sum(e * n for e, n, _ in errors) / max(sum(n for _, n, _ in errors), 1)
                 pem = float(np.mean([p for _, _, p in errors])) if errors else float("nan")
                 lines.append(f"| {name} | {m} | {x} | {f} | {m / max(m + x, 1):.3f} | {m / max(m + f, 1):.3f} | "
-                             f"{mpjpe:.2f} | {pem:.2f} |")
+                             f"{mpjpe:.2f} | {pem:.2f} | {low_found} / {low_all} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -65,3 +65,13 @@ def test_bag_scoring_ignores_people_with_few_points(tmp_path):
     person = np.zeros((1, 14, 3))
     assert len(_without_ignored(person, np.zeros((0, 14, 3)), person + 0.1)) == 0
     assert len(_without_ignored(person, np.zeros((0, 14, 3)), person + 5.0)) == 1
+
+
+def test_low_people_are_lying_or_crawling_not_standing():
+    from kp3d_ros.train.evaluate import is_low
+
+    rng = np.random.default_rng(0)
+    standing = np.column_stack([rng.normal(0, 0.2, 14), rng.normal(0, 0.2, 14), np.linspace(0.05, 1.7, 14)])
+    lying = standing[:, [2, 1, 0]] * [1.0, 1.0, 0.2]  # the same body along x, 0.35 m high
+    lying[:, 2] += 2.0  # anywhere in height: low is relative to the person's lowest joint
+    assert is_low(np.stack([standing, lying])).tolist() == [False, True]

@@ -213,14 +213,22 @@ def plot_examples(backend: Backend, dataset, indices, path: str | Path, seed: in
 
 
 BAG_MATCH_DISTANCE = 1.0  # m, mean joint distance beyond which a predicted and a true person stay unmatched
+LOW_HEAD_HEIGHT = 0.7  # m: a true person whose head centre is lower above their lowest joint is "low" (lying, crawling)
+
+
+def is_low(people: np.ndarray) -> np.ndarray:
+    """(P,) whether each true person (P, J, 3) is low: head centre less than LOW_HEAD_HEIGHT above the lowest joint."""
+    head = people[:, JOINT_NAMES.index("head_center"), 2]
+    return head - people[..., 2].min(-1) < LOW_HEAD_HEIGHT
 
 
 def evaluate_bag(args: argparse.Namespace) -> int:
     """Run the perception core (kp3d_ros.core.pipeline, as `kp3d infer` does) over the bag's scans and
     compare every frame's people with the ground truth on --gt-topic: PEM (Hungarian matching, 0.25 m
     penalty per keypoint of a missed or false person), recall, precision and MPJPE etc. over the matched
-    people. With --min-points N, true people with fewer than N returns (--seg-topic) are not scored: a
-    prediction matched to one of them is neither right nor false."""
+    people, and the recall of the low true people alone (is_low: lying, crawling). With --min-points N, true
+    people with fewer than N returns (--seg-topic) are not scored: a prediction matched to one of them is
+    neither right nor false."""
     from kp3d_ros.core.bagio import BagError, iter_scans, read_keypoints, read_point_counts
     from kp3d_ros.core.params import load_params, parse_overrides
     from kp3d_ros.core.pipeline import PerceptionPipeline
@@ -233,6 +241,7 @@ def evaluate_bag(args: argparse.Namespace) -> int:
                                            "network.backend": backend, "network.threads": args.threads})
         pipeline = PerceptionPipeline.from_params(params)
         pred_frames, gt_frames, matched_pred, matched_gt = [], [], [], []
+        low = {"matched": 0, "missed": 0}
         for scan in iter_scans(args.bag, args.topic):
             result = pipeline.process(scan.points, scan.stamp_ns)
             if scan.stamp_ns not in gt:
@@ -248,6 +257,7 @@ def evaluate_bag(args: argparse.Namespace) -> int:
             people = _without_ignored(people, truth, np.stack(ignored) if ignored else truth[:0])
             pred_frames.append(people)
             gt_frames.append(truth)
+            found = np.zeros(len(truth), bool)
             if len(people) and len(truth):
                 from scipy.optimize import linear_sum_assignment
 
@@ -256,6 +266,10 @@ def evaluate_bag(args: argparse.Namespace) -> int:
                 keep = cost[rows, cols] <= BAG_MATCH_DISTANCE
                 matched_pred.append(people[rows[keep]])
                 matched_gt.append(truth[cols[keep]])
+                found[cols[keep]] = True
+            low_truth = is_low(truth)
+            low["matched"] += int((found & low_truth).sum())
+            low["missed"] += int((~found & low_truth).sum())
     except (BagError, FileNotFoundError, ValueError, RuntimeError) as exc:  # ParameterError is a ValueError
         print(f"error: {exc}")
         return 1
@@ -265,7 +279,8 @@ def evaluate_bag(args: argparse.Namespace) -> int:
     pem = metrics.pem(pred_frames, gt_frames, max_match_distance=BAG_MATCH_DISTANCE)
     summary = {"frames": len(gt_frames), "backend": pipeline.backend_reason, "min_points": args.min_points,
                "pem": pem, "recall": pem["matched"] / max(pem["matched"] + pem["missed"], 1),
-               "precision": pem["matched"] / max(pem["matched"] + pem["false"], 1)}
+               "precision": pem["matched"] / max(pem["matched"] + pem["false"], 1),
+               "low_people": low | {"recall": low["matched"] / max(low["matched"] + low["missed"], 1)}}
     if matched_gt:
         summary["matched"] = metrics.keypoint_summary(np.concatenate(matched_pred), np.concatenate(matched_gt))
     print(json.dumps(summary, indent=1, default=float))
