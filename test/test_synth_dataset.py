@@ -127,6 +127,10 @@ def test_cli_split_configs_and_overrides():
     assert config.phenotype_ranges == {"weight": (cli.HELD_OUT_WEIGHT, 1.0), "age": (0.3, 0.5)}
     assert "vlp16" not in cli.SPLIT_CONFIGS["stage1"]["presets"]
     assert cli.main(parser.parse_args(["out", "--split-config", "no-such-config"])) == 2
+    hard = cli.domain_config(parser.parse_args(["out", "--split-config", "stage1-poses-hard"]))
+    poses = cli.domain_config(parser.parse_args(["out", "--split-config", "stage1-poses"]))
+    assert hard.pose_mix["lie"] > 3 * poses.pose_mix["lie"] and "upright" not in hard.pose_mix
+    assert hard.presets == poses.presets and hard.phenotype_ranges == poses.phenotype_ranges  # same bodies, sensors
 
 
 def test_concatenated_datasets_and_their_available_samples(tmp_path):

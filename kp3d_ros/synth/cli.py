@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 TRAIN_PRESETS = ("waymo_top", "hdl64e", "vlp32c", "os1_64")
 HELD_OUT_WEIGHT = 0.85  # Stage I train/val bodies have weight < this; the test split only heavier ones
 
+HARD_POSE_MIX = {"lie": 0.25, "sit_ground": 0.15, "crawl": 0.10, "jump": 0.10, "bend": 0.10, "kneel": 0.10,
+                 "sit_seat": 0.10, "squat": 0.10}
 POSES_DOMAIN = {"pose_mix": POSE_MIX, "child_share": 0.3, "negative_share": 0.1, "sensor_effects": 0.6}
 
 SPLIT_CONFIGS: dict[str, dict] = {
@@ -27,6 +29,11 @@ SPLIT_CONFIGS: dict[str, dict] = {
     # alone, real-sensor effects on 60 % of the samples.
     "stage1-poses": {"presets": TRAIN_PRESETS, "phenotype_ranges": {"weight": (0.0, HELD_OUT_WEIGHT)},
                      **POSES_DOMAIN},
+    # The same bodies and sensors with the families that the mix above leaves weakest (lying, sitting on the
+    # ground, crawling, jumping, bending, kneeling, sitting on a seat, squatting) given most of the share: mixed
+    # in with stage1-poses to train them more (config/stage1_poses_large_hard.yaml).
+    "stage1-poses-hard": {"presets": TRAIN_PRESETS, "phenotype_ranges": {"weight": (0.0, HELD_OUT_WEIGHT)},
+                          **POSES_DOMAIN, "pose_mix": HARD_POSE_MIX, "negative_share": 0.05},
     # Held out: heavier bodies and a 128-beam sensor that training never sees, other seeds.
     "poses-test": {"presets": ("os1_128",), "phenotype_ranges": {"weight": (HELD_OUT_WEIGHT, 1.0)}, **POSES_DOMAIN},
     "full": {},
