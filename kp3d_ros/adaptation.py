@@ -338,6 +338,9 @@ class OnlineAdapter:
                 self._anchor = stage2.source_objective(self._recipe, self.model)
                 self._anchor_state = "ready"
             except (OSError, ValueError) as error:
+                if self._stop.is_set():  # the node is shutting down (its generating child was stopped with it)
+                    self.log.info(f"adaptation: stopped while preparing the labelled anchor ({error})")
+                    return False
                 self._anchor_state = f"failed: {type(error).__name__}: {error}"
                 with self._lock:
                     self._stats["errors"] += 1

@@ -403,6 +403,13 @@ def test_the_cached_anchor_is_generated_once_before_the_first_step(model_files, 
     state = adapter.state()
     assert state["anchor"].startswith("failed") and "no-such-split" in state["last_error"] and state["steps"] == 0
 
+    closing = OnlineAdapter(pt, OnnxRuntimeBackend(onnx, max_batch=4), params(**{"adaptation.recipe": broken}),
+                            start=False)
+    for item in items:
+        closing.submit(*item)
+    closing.close()  # a failure while the node shuts down (the generating child stopped with it) is no error
+    assert not closing.step() and closing.state()["anchor"] == "waiting" and closing.state()["errors"] == 0
+
     missing = recipe("missing", {"data": str(tmp_path / "no_anchor")})
     for anchor_data in ("", str(tmp_path / "nowhere")):  # the recipe's own source.data, or the parameter's
         with pytest.raises(FileNotFoundError, match="no labelled anchor"):
