@@ -61,9 +61,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     P("detection.max_height", 2.3, "Highest height (m) of a person candidate.", 0.5, 4.0),
     P("detection.max_width", 1.6, "Widest horizontal extent (m) of a person candidate.", 0.3, 5.0),
     P("detection.max_lying_width", 2.4,
-      "Widest horizontal extent (m) of a candidate no higher than 0.8 m (a person lying down, up to 2 m long) that "
-      "is kept whole; wider or higher clusters than detection.max_width are split above 0.5 m instead; at or below "
-      "detection.max_width: none.", 0.0, 5.0),
+      "Widest horizontal extent (m) of a cluster no higher than 1.3 m in which the split above 0.5 m finds nobody "
+      "(a person lying down, up to 2 m long) that is kept whole as a candidate; other clusters wider than "
+      "detection.max_width are split above 0.5 m; at or below detection.max_width: none.", 0.0, 5.0),
     P("detection.min_width", 0.3, "Narrowest horizontal extent (m) of a person candidate (rejects poles and posts; "
       "wider clutter is left to detection.min_body_share).",
       0.0, 3.0),
