@@ -72,11 +72,15 @@ def find_candidates(points: np.ndarray, height_above: np.ndarray, extent: float,
     if len(xy) == 0:
         return _empty()
     n = int(np.ceil(2.0 * extent / voxel_size))
-    scale = 1.0 / voxel_size
-    ix = ((xy[:, 0] + np.float32(extent)) * np.float32(scale)).astype(np.intp)
-    iy = ((xy[:, 1] + np.float32(extent)) * np.float32(scale)).astype(np.intp)
-    np.clip(ix, 0, n - 1, out=ix)
-    np.clip(iy, 0, n - 1, out=iy)
+    scale = np.float32(1.0 / voxel_size)
+
+    def cells(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Grid cell (ix, iy) of x-y positions (K, 2) on the full 2 * extent grid."""
+        ix = ((xy[:, 0] + np.float32(extent)) * scale).astype(np.intp)
+        iy = ((xy[:, 1] + np.float32(extent)) * scale).astype(np.intp)
+        return np.clip(ix, 0, n - 1, out=ix), np.clip(iy, 0, n - 1, out=iy)
+
+    ix, iy = cells(xy)
     origin = (ix.min(), iy.min())
     ix -= origin[0]  # the grid spans only the occupied cells' bounding box
     iy -= origin[1]
@@ -107,8 +111,8 @@ def find_candidates(points: np.ndarray, height_above: np.ndarray, extent: float,
         parts = find_candidates(points[band_index], height_above[band_index], extent, voxel_size, min_points,
                                 min_height, max_height, max_width, max_base, min_width, split=False)
         # a wide cluster the split found someone in is not kept whole (two children side by side)
-        cx = ((parts.centres[:, 0] + np.float32(extent)) * np.float32(scale)).astype(np.intp) - origin[0]
-        cy = ((parts.centres[:, 1] + np.float32(extent)) * np.float32(scale)).astype(np.intp) - origin[1]
+        cx, cy = cells(parts.centres)
+        cx, cy = cx - origin[0], cy - origin[1]
         inside = (cx >= 0) & (cx < nx) & (cy >= 0) & (cy < ny)
         hit = labels[cx[inside], cy[inside]]
         lying[hit[hit > 0] - 1] = False
