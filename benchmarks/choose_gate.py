@@ -15,18 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
-from pose_coverage import bag_summary
-
-
-def totals(model: str, bags: list[str], sets: list[str], threads: int) -> dict[str, float]:
-    matched = missed = false = low_found = low_all = 0
-    for bag in bags:
-        summary = bag_summary(model, bag, sets, threads)
-        pem, low = summary["pem"], summary["low_people"]
-        matched, missed, false = matched + pem["matched"], missed + pem["missed"], false + pem["false"]
-        low_found, low_all = low_found + low["matched"], low_all + low["matched"] + low["missed"]
-    return {"matched": matched, "missed": missed, "false": false, "recall": matched / max(matched + missed, 1),
-            "precision": matched / max(matched + false, 1), "low": f"{low_found} / {low_all}"}
+from pose_coverage import bag_totals as totals
 
 
 def choose(rows: list[dict], precision: float) -> dict | None:

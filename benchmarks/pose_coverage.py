@@ -50,6 +50,24 @@ def bag_summary(model: str, bag: str, sets: list[str], threads: int) -> dict:
     return json.loads(out.read_text())
 
 
+def bag_totals(model: str, bags: list[str], sets: list[str], threads: int) -> dict:
+    """The full pipeline's counts over ``bags`` with ``sets``: matched, missed, false, recall, precision, the low
+    people found of all, MPJPE over the matched people (weighted by people) and the bags' mean PEM (cm)."""
+    matched = missed = false = low_found = low_all = 0
+    errors = []
+    for bag in bags:
+        b = bag_summary(model, bag, sets, threads)
+        matched, missed, false = matched + b["pem"]["matched"], missed + b["pem"]["missed"], false + b["pem"]["false"]
+        low_found += b["low_people"]["matched"]
+        low_all += b["low_people"]["matched"] + b["low_people"]["missed"]
+        if "matched" in b:
+            errors.append((b["matched"]["mpjpe_cm"], b["matched"]["people"], b["pem"]["pem_cm"]))
+    return {"matched": matched, "missed": missed, "false": false, "recall": matched / max(matched + missed, 1),
+            "precision": matched / max(matched + false, 1), "low": f"{low_found} / {low_all}",
+            "mpjpe_cm": sum(e * n for e, n, _ in errors) / max(sum(n for _, n, _ in errors), 1),
+            "pem_cm": float(np.mean([p for _, _, p in errors])) if errors else float("nan")}
+
+
 def chosen_threshold(curve: list[dict], precision: float) -> float:
     """The smallest threshold whose precision reaches ``precision`` (the largest one if none does)."""
     ok = [r["threshold"] for r in curve if r["precision"] >= precision]
@@ -97,19 +115,9 @@ def report(args: argparse.Namespace) -> str:
                       "| low people: found / all |",
                       "|---|---|---|---|---|---|---|---|---|"]
             for name, sets in variants:
-                m = f = x = low_found = low_all = 0
-                errors = []
-                for bag in args.bag:
-                    b = bag_summary(model, bag, sets, args.threads)
-                    m, x, f = m + b["pem"]["matched"], x + b["pem"]["missed"], f + b["pem"]["false"]
-                    low_found += b["low_people"]["matched"]
-                    low_all += b["low_people"]["matched"] + b["low_people"]["missed"]
-                    if "matched" in b:
-                        errors.append((b["matched"]["mpjpe_cm"], b["matched"]["people"], b["pem"]["pem_cm"]))
-                mpjpe = sum(e * n for e, n, _ in errors) / max(sum(n for _, n, _ in errors), 1)
-                pem = float(np.mean([p for _, _, p in errors])) if errors else float("nan")
-                lines.append(f"| {name} | {m} | {x} | {f} | {m / max(m + x, 1):.3f} | {m / max(m + f, 1):.3f} | "
-                             f"{mpjpe:.2f} | {pem:.2f} | {low_found} / {low_all} |")
+                t = bag_totals(model, args.bag, sets, args.threads)
+                lines.append(f"| {name} | {t['matched']} | {t['missed']} | {t['false']} | {t['recall']:.3f} | "
+                             f"{t['precision']:.3f} | {t['mpjpe_cm']:.2f} | {t['pem_cm']:.2f} | {t['low']} |")
         lines.append("")
     return "\n".join(lines)
 
