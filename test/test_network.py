@@ -257,3 +257,45 @@ def test_models_with_another_input_rule_are_refused(tmp_path):
         preprocess.check_input_rule({"centre_rule": "mean of the crop's points; no rotation normalisation"})
     with pytest.raises(ValueError, match="scale"):
         preprocess.check_input_rule({"centre_rule": preprocess.CENTRE_RULE, "scale": "2.0"})
+
+
+def test_deepened_model_computes_what_its_source_did_and_then_trains(model):
+    from kp3d_ros.model.network import load_deepened
+
+    torch.manual_seed(1)
+    deeper = build_model(SMALL | {"depth": 3})
+    assert load_deepened(deeper, model) == 2
+    deeper.eval()
+    x = torch.randn(2, 64, 3)
+    with torch.no_grad():
+        for got, want in zip(deeper(x), model(x), strict=True):
+            torch.testing.assert_close(got, want)
+    deeper.train()
+    keypoints, _ = deeper(x)
+    keypoints.sum().backward()
+    new_block = deeper.blocks[2]
+    assert new_block.mlp[2].weight.grad.abs().sum() > 0  # the identity block is not stuck at zero
+
+
+@pytest.mark.parametrize("change", [{"depth": 1, "dim": 64}, {"depth": 0}])
+def test_deepening_refuses_other_changes(model, change):
+    from kp3d_ros.model.network import load_deepened
+
+    with pytest.raises(ValueError, match="cannot deepen"):
+        load_deepened(build_model(SMALL | change), model)
+
+
+def test_stage1_init_deepens_a_shallower_checkpoint(model, tmp_path):
+    from kp3d_ros.train.stage1 import init_from
+
+    path = tmp_path / "shallow.pt"
+    save_checkpoint(path, model, {"num_points": 64})
+    deeper = build_model(SMALL | {"depth": 2})
+    messages = []
+    init_from(deeper, {"init": str(path), "num_points": 64, "model": SMALL | {"depth": 2}}, messages.append)
+    assert "1 identity block(s) added" in messages[0]
+    x = torch.randn(1, 64, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(deeper.eval()(x)[0], model(x)[0])
+    with pytest.raises(ValueError, match="does not match"):
+        init_from(build_model(SMALL | {"dim": 64}), {"init": str(path), "num_points": 64, "model": {"dim": 64}})

@@ -31,11 +31,11 @@ def test_anchored_stage2_config_is_the_measured_recipe() -> None:
     assert cfg["calibrate_bones"] and cfg["calibrate_max_factor"] == 1.0 and cfg["train"]["ema_decay"] == 0.0
 
 
-@pytest.mark.parametrize("name", ["stage1.yaml", "stage1_poses.yaml", "stage1_poses_mixed.yaml",
-                                  "stage1_poses_large.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIG.glob("stage1*.yaml")))
 def test_stage1_config_loads(name: str) -> None:
     cfg = stage1.load_config(CONFIG / name)
     assert set(cfg) <= set(stage1.DEFAULTS) and cfg["num_points"] > 0
+    stage1.make_augmenter(cfg["augment"], cfg.get("sensor_augment"))  # raises on unknown augmentation keys
 
 
 def test_a_loaded_config_shares_nothing_with_the_defaults() -> None:

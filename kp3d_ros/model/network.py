@@ -163,5 +163,29 @@ def build_model(config: dict | NetworkConfig | None = None) -> KeypointNet:
     return KeypointNet(config)
 
 
+def load_deepened(model: KeypointNet, source: KeypointNet) -> int:
+    """Load a shallower trained `source` into `model` (same config except a larger depth): the source's
+    blocks become the first blocks and every extra block starts as the identity (its attention and MLP
+    output layers zeroed, so each residual adds nothing), so `model` computes what `source` did and
+    training goes on with more capacity. Returns the number of blocks added."""
+    mine, theirs = model.config.to_dict(), source.config.to_dict()
+    added = mine.pop("depth") - theirs.pop("depth")
+    if mine != theirs or added < 0:
+        raise ValueError(f"cannot deepen {source.config} into {model.config}: only the depth may differ, "
+                         "and only upwards")
+    if model.config.latents:
+        raise ValueError("deepening supports full self-attention blocks only (latents 0)")
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    fresh = {f"blocks.{k}." for k in range(source.config.depth, model.config.depth)}
+    if unexpected or any(not any(name.startswith(f) for f in fresh) for name in missing):
+        raise ValueError(f"state of {source.config} does not fit {model.config}: {missing} {unexpected}")
+    with torch.no_grad():
+        for block in model.blocks[source.config.depth:]:
+            for layer in (block.attn.proj, block.mlp[2]):
+                layer.weight.zero_()
+                layer.bias.zero_()
+    return added
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

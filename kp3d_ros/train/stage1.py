@@ -22,7 +22,7 @@ import torch
 from torch.nn import functional
 
 from kp3d_ros.model.checkpoint import default_meta, load_model
-from kp3d_ros.model.network import KeypointNet, build_model, count_parameters
+from kp3d_ros.model.network import KeypointNet, build_model, count_parameters, load_deepened
 from kp3d_ros.model.preprocess import SCALE, crop_frame, sample_indices, to_crop_frame
 from kp3d_ros.train.config import load_config as load_yaml_config
 from kp3d_ros.train.config import merge
@@ -311,11 +311,18 @@ def run(cfg: dict, resume: bool = False, log=print, ranks: Ranks = SINGLE) -> di
 
 
 def init_from(model: KeypointNet, cfg: dict, log=print) -> None:
-    """Load the weights of checkpoint cfg['init'] into `model`; its architecture and N must match."""
+    """Load the weights of checkpoint cfg['init'] into `model`; its architecture and N must match, except
+    that the config may ask for more blocks (model.network.load_deepened: the extra ones start as the
+    identity)."""
     source, meta = load_model(cfg["init"])
     if int(meta.get("num_points", cfg["num_points"])) != int(cfg["num_points"]):
         raise ValueError(f"--init {cfg['init']} was trained with num_points {meta.get('num_points')}, "
                          f"the config says {cfg['num_points']}")
+    if source.config.depth < model.config.depth:
+        added = load_deepened(model, source)
+        log(f"initialised from {cfg['init']} with {added} identity block(s) added (depth "
+            f"{source.config.depth} -> {model.config.depth})")
+        return
     try:
         model.load_state_dict(source.state_dict())
     except RuntimeError as exc:
