@@ -84,8 +84,8 @@ def report(args: argparse.Namespace) -> str:
         s = test["ge50_points"]
         lines += [f"Pose-diverse test split `{args.test}`, people with >= {evaluate.SCORED_POINTS} points: "
                   f"{s['people']} people, MPJPE {s['mpjpe_cm']:.2f} cm, PA-MPJPE {s['pa_mpjpe_cm']:.2f} cm.", "",
-                  "| family | people | MPJPE cm | PA-MPJPE cm |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v['people']} | {v['mpjpe_cm']:.2f} | {v['pa_mpjpe_cm']:.2f} |"
+                  "| family | people | MPJPE cm | PA-MPJPE cm | body-part accuracy |", "|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['people']} | {v['mpjpe_cm']:.2f} | {v['pa_mpjpe_cm']:.2f} | {v['part_accuracy']:.2f} |"
                   for k, v in test["by_family"].items()]
         lines += ["", "| person points | people | MPJPE cm |", "|---|---|---|"]
         lines += [f"| [{r['lo']:g}, {r['hi']:g}) | {r['count']} | {r['mean']:.2f} |" for r in test["by_points"]

@@ -23,6 +23,10 @@ def test_family_scores_and_detection_curve(tmp_path):
     assert np.all(np.isfinite(pred["gt"]))  # no crop of clutter alone among the scored people
     summary = summarise(pred)
     assert summary["by_family"] and set(summary["by_family"]) <= set(POSE_MIX)
+    accuracy = np.array(pred["part_accuracy"])
+    assert len(accuracy) == people and np.all((accuracy >= 0) & (accuracy <= 1))
+    assert np.mean(accuracy) > 0.6  # the shipped model gives most of a person's points their own part
+    assert all(0 <= v["part_accuracy"] <= 1 for v in summary["by_family"].values())
     curve = summary["detection"]
     assert [r["threshold"] for r in curve] == list(SHARE_THRESHOLDS)
     assert curve[0]["recall"] == 1.0 and curve[0]["false"] == 64 - people

@@ -53,7 +53,7 @@ def predict_dataset(backend: Backend, dataset, indices, batch: int, seed: int = 
     alone (is_person 0) give no keypoints; every crop gets its body share for the detection scores."""
     rng = np.random.default_rng(seed)
     out = {"pred": [], "gt": [], "num_points": [], "distance": [], "preset": [], "conf": None, "family": [],
-           "negative_share": [], "person_share": [], "person_points": []}
+           "negative_share": [], "person_share": [], "person_points": [], "part_accuracy": []}
     conf = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     for s in range(0, len(indices), batch):
         samples = [dataset[int(i)] for i in indices[s : s + batch]]
@@ -78,6 +78,8 @@ def predict_dataset(backend: Backend, dataset, indices, batch: int, seed: int = 
                     out["person_points"].append(int(x["num_person_points"]))
             if not is_person:
                 continue
+            body = x["parts"] > 0
+            out["part_accuracy"].append(float((p[body] == x["parts"][body]).mean()) if body.any() else np.nan)
             out["num_points"].append(int(x.get("num_person_points", len(x["points"]))))
             out["distance"].append(float(x.get("distance", np.linalg.norm(x["points"].mean(0)[:2]))))
             out["preset"].append(str(x.get("preset", "")))
@@ -102,16 +104,19 @@ def detection_curve(pred: dict, min_points: int = SCORED_POINTS) -> list[dict]:
 
 
 def family_summary(pred: dict, min_points: int = SCORED_POINTS) -> dict[str, dict]:
-    """Keypoint scores per pose family (kp3d_ros.synth.poses) over people with at least min_points returns."""
+    """Keypoint scores per pose family (kp3d_ros.synth.poses) over people with at least min_points returns,
+    with the mean share of each person's points given their own body part (part_accuracy)."""
     from kp3d_ros.synth.poses import FAMILIES
 
     family = np.array(pred["family"], dtype=np.int64)
     scored = np.array(pred["num_points"]) >= min_points
+    part_accuracy = np.array(pred["part_accuracy"], dtype=np.float64)
     out = {}
     for k, name in enumerate(FAMILIES):
         sel = scored & (family == k)
         if sel.any():
-            out[name] = metrics.keypoint_summary(pred["pred"][sel], pred["gt"][sel])
+            out[name] = metrics.keypoint_summary(pred["pred"][sel], pred["gt"][sel]) | {
+                "part_accuracy": float(np.nanmean(part_accuracy[sel]))}
     return out
 
 
