@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from kp3d_ros import layouts
+from kp3d_ros.ros.spinning import spin_once_through_destroyed
 
 
 def wait_until(predicate, timeout: float = 10.0) -> bool:
@@ -20,7 +21,8 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
 
 
 class Spinner:
-    """Spins an executor in a daemon thread between start() and stop()."""
+    """Spins an executor in a daemon thread between start() and stop(), as kp3d_node does (through entities that
+    a lifecycle transition destroyed: kp3d_ros.ros.spinning)."""
 
     def __init__(self, executor) -> None:
         self._stop = threading.Event()
@@ -28,7 +30,7 @@ class Spinner:
 
     def _spin(self, executor) -> None:
         while not self._stop.is_set():
-            executor.spin_once(0.05)
+            spin_once_through_destroyed(executor, 0.05)
 
     def start(self) -> None:
         self._thread.start()

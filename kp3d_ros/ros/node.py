@@ -42,6 +42,7 @@ from kp3d_ros.ros.memory import return_large_allocations
 from kp3d_ros.ros.overlay import OverlayError, overlay_image
 from kp3d_ros.ros.pointcloud2 import array_to_cloud, cloud_to_xyz
 from kp3d_ros.ros.qos import input_qos, output_qos
+from kp3d_ros.ros.spinning import spin_through_destroyed
 from kp3d_ros.ros.standard import TF_QOS, TF_TOPIC, body_transforms, detections, optional_messages
 
 LOG_THROTTLE_S = 5.0
@@ -688,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     try:
-        executor.spin()
+        spin_through_destroyed(executor, lambda: node.get_logger().warning(
+            "an entity destroyed by a lifecycle transition was still in the executor's wait set; spinning on"))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -21,6 +21,7 @@ from kp3d_ros.ros.dds import use_large_message_profile
 from kp3d_ros.ros.memory import return_large_allocations
 from kp3d_ros.ros.node import Kp3dNode, create_node
 from kp3d_ros.ros.replay import BagPlayer
+from kp3d_ros.ros.spinning import spin_once_through_destroyed
 
 
 def default_params_file() -> Path | None:
@@ -61,7 +62,7 @@ def spin_until(executor: MultiThreadedExecutor, done: Callable[[], bool], timeou
     while not done():
         if deadline is not None and time.monotonic() >= deadline:
             return False
-        executor.spin_once(timeout_sec=0.05)
+        spin_once_through_destroyed(executor, 0.05)
     return True
 
 
