@@ -4,7 +4,7 @@ A lifecycle transition (deactivate, cleanup, shutdown) destroys subscriptions an
 With a MultiThreadedExecutor that callback runs on a pool thread while the spinning thread may be building the
 next wait set from the entities it collected a moment before, and rclpy then raises ``InvalidHandle`` ("cannot
 use Destroyable because destruction was requested") out of ``spin_once`` (ros2/rclpy#1142). The executor builds
-a fresh wait set on its next call, so the right answer is to count it and spin on, not to end the process.
+a fresh wait set on its next call, so the right answer is to report it and spin on, not to end the process.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Callable
 import rclpy
 from rclpy.executors import Executor
 
-try:  # rclpy.exceptions has it from Humble on; the implementation module is where it lives
+try:  # rclpy.exceptions re-exports it in the Kilted wheels; otherwise take it from the binding that defines it
     from rclpy.exceptions import InvalidHandle
-except ImportError:  # pragma: no cover - older layouts
+except ImportError:  # pragma: no cover - not checked on other distributions
     from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 
     InvalidHandle = _rclpy.InvalidHandle
